@@ -1,0 +1,246 @@
+"""The `lmtune` command line: run, train, status, best."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import optuna
+import typer
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lmtune.config import ExperimentConfig, load_config
+from lmtune.errors import LmtuneError
+from lmtune.results import SHOWN_METRICS, best_config, best_trial, compare, cost_of, load_study, metric_of, study_cost
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Tune the hyperparameters of LLM instruction fine-tuning with real trials.")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML file")]
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default: the config's, or "
+                                                     "sqlite:///lmtune.db)")]
+StudyOpt = Annotated[str | None, typer.Option("--study", help="study name (default: the config's, or the only "
+                                                              "study in the storage)")]
+
+
+def _fail(e: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(config: Path, storage: str | None = None, study: str | None = None) -> ExperimentConfig:
+    cfg = load_config(config)
+    if storage:
+        cfg.storage = storage
+    if study:
+        cfg.study_name = study
+    return cfg
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def trials_table(study: optuna.Study, limit: int | None = None, title: str | None = None) -> Table:
+    metric = metric_of(study)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    best = best_trial(study)
+    if limit is not None:
+        trials = trials[-limit:]
+    table = Table(title=title, show_lines=False)
+    for col in ("#", "state", metric, "eval_loss", "FTE", "s", "params"):
+        table.add_column(col, overflow="fold")
+    for t in trials:
+        m = t.user_attrs.get("metrics", {})
+        state = t.state.name.lower() + (" (baseline)" if t.user_attrs.get("baseline") else "")
+        if t.state == optuna.trial.TrialState.FAIL:
+            state += f": {t.user_attrs.get('fail_reason', '')[:80]}"
+        style = "bold green" if best is not None and t.number == best.number else None
+        c = cost_of(t)
+        table.add_row(str(t.number), state, _fmt(m.get(metric, t.value)), _fmt(m.get("eval_loss")),
+                      _fmt(c.get("fte")), _fmt(c.get("wall_seconds")),
+                      ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()), style=style)
+    return table
+
+
+def print_best(study: optuna.Study, output: Path | None) -> None:
+    best = best_trial(study)
+    if best is None:
+        console.print("[yellow]no completed trial yet[/]")
+        return
+    cost = study_cost(study.get_trials(deepcopy=False))
+    console.print(f"[bold]best trial {best.number}[/]: {metric_of(study)} = {_fmt(best.value)}")
+    comp = compare(study)
+    if comp is not None:
+        table = Table(title="baseline vs tuned")
+        for col in ("", "baseline", "tuned"):
+            table.add_column(col)
+        for name, b, t in comp.rows:
+            table.add_row(name, _fmt(b), _fmt(t))
+        console.print(table)
+        console.print(f"[bold]{comp.verdict}[/]")
+    console.print(f"study cost: {int(cost['trials'])} trials, {int(cost['steps'])} optimizer steps, "
+                  f"{cost['fte']:.2f} FTE, {cost['wall_seconds']:.0f} s")
+    if output is not None and study.user_attrs.get("config"):
+        output.write_text(yaml.safe_dump(best_config(study), sort_keys=False))
+        console.print(f"best config written to {output}")
+
+
+@app.command()
+def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="override search.n_trials")] = None,
+        timeout: Annotated[float | None, typer.Option(help="override search.timeout (seconds)")] = None,
+        storage: StorageOpt = None, study: StudyOpt = None,
+        output: Annotated[Path, typer.Option("-o", "--output", help="where to write the best config")] = Path(
+            "best.yaml"),
+        quiet: Annotated[bool, typer.Option(help="no live display")] = False) -> None:
+    """Run (or resume) the tuning study a config describes, then show the best config against the baseline."""
+    from lmtune.study import tune
+
+    try:
+        cfg = _load(config, storage, study)
+        if n_trials is not None:
+            cfg.search.n_trials = n_trials
+        if timeout is not None:
+            cfg.search.timeout = timeout
+        live = not quiet and console.is_terminal
+        display = _LiveDisplay(cfg) if live else None
+        callbacks = [display.on_trial_end if display else _log_trial]
+        if display:
+            with display:
+                result = tune(cfg, callbacks=callbacks, trial_progress=display.on_step)
+        else:
+            result = tune(cfg, callbacks=callbacks)
+        console.print(trials_table(result.optuna, title=f"study {result.name}"))
+        print_best(result.optuna, output)
+    except LmtuneError as e:
+        _fail(e)
+
+
+class _LiveDisplay:
+    """Study and trial progress bars above a table of the latest finished trials, refreshed in place."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self.study_task = self.progress.add_task("study", total=cfg.search.n_trials, info="")
+        self.trial_task = self.progress.add_task("trial", total=None, info="")
+        self.table = Table()
+        self.live = Live(Group(self.progress, self.table), console=console, refresh_per_second=4)
+
+    def __enter__(self) -> _LiveDisplay:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)  # type: ignore[arg-type]
+
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        self.progress.update(self.trial_task, completed=step, total=total, info=f"loss {loss:.3f}")
+
+    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        self.progress.update(self.study_task, completed=done)
+        self.table = trials_table(study, limit=12, title="latest trials (best in green)")
+        self.live.update(Group(self.progress, self.table))
+
+
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    m = trial.user_attrs.get("metrics", {})
+    extra = trial.user_attrs.get("fail_reason", "") if trial.state.name == "FAIL" else json.dumps(
+        {k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
+    console.print(f"trial {trial.number} {trial.state.name.lower()}: {metric_of(study)}={_fmt(trial.value)} "
+                  f"params={trial.params} {extra}", highlight=False)
+
+
+@app.command()
+def train(config: ConfigArg,
+          set_: Annotated[list[str] | None, typer.Option("--set", help="override a training argument, "
+                                                                       "e.g. --set learning_rate=3e-3")] = None,
+          output_dir: Annotated[Path | None, typer.Option(help="save the trained model here")] = None) -> None:
+    """Train once with the config's baseline (`train:`) values, or with --set overrides; no study."""
+    from lmtune.study import quiet_libraries
+    from lmtune.train.trainer import Trainer
+    from lmtune.trial import trial_train_config
+
+    try:
+        cfg = load_config(config)
+        overrides = {}
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise LmtuneError(f"--set {item!r}: write KEY=VALUE, e.g. --set learning_rate=3e-3")
+            overrides[key.strip()] = yaml.safe_load(value)
+        if output_dir is not None:
+            overrides["output_dir"] = str(output_dir)
+        try:
+            train_cfg = trial_train_config(cfg.train, overrides)
+        except ValueError as e:
+            raise LmtuneError(f"--set: {e}") from None
+        quiet_libraries()
+        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+            task = bar.add_task("train", total=None, info="")
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
+
+            trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
+                              maximize=cfg.objective.direction == "maximize", progress=on_step).setup()
+            result = trainer.train()
+        table = Table(title="evaluation")
+        table.add_column("metric")
+        table.add_column("value")
+        for k, v in result.metrics.items():
+            table.add_row(k, _fmt(v))
+        console.print(table)
+        console.print(f"{result.steps} steps, {result.tokens} tokens, {result.wall_seconds:.1f} s")
+        if train_cfg.output_dir:
+            console.print(f"model saved to {trainer.save(train_cfg.output_dir, result)}")
+    except LmtuneError as e:
+        _fail(e)
+
+
+def _open(config: Path | None, storage: str | None, study: str | None) -> optuna.Study:
+    if config is not None:
+        cfg = _load(config, storage, study)
+        return load_study(cfg.storage, cfg.study_name)
+    return load_study(storage or "sqlite:///lmtune.db", study)
+
+
+OptConfigArg = Annotated[Path | None, typer.Argument(help="experiment YAML file (optional)")]
+
+
+@app.command()
+def status(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOpt = None) -> None:
+    """Show a study's trials and its total cost."""
+    try:
+        st = _open(config, storage, study)
+        console.print(trials_table(st, title=f"study {st.study_name}"))
+        running = [t.number for t in st.get_trials(deepcopy=False) if not t.state.is_finished()]
+        cost = study_cost(st.get_trials(deepcopy=False))
+        console.print(f"{int(cost['trials'])} finished, {len(running)} running or waiting; "
+                      f"{cost['fte']:.2f} FTE, {cost['wall_seconds']:.0f} s")
+    except LmtuneError as e:
+        _fail(e)
+
+
+@app.command()
+def best(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOpt = None,
+         output: Annotated[Path, typer.Option("-o", "--output", help="where to write the best config")] = Path(
+             "best.yaml")) -> None:
+    """Best params and metrics, the baseline-vs-tuned comparison; writes the best config as YAML."""
+    try:
+        print_best(_open(config, storage, study), output)
+    except LmtuneError as e:
+        _fail(e)

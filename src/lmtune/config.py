@@ -1,0 +1,396 @@
+"""The experiment schema: the one place where input is validated.
+
+Everything downstream receives plain, already-checked data. Messages name the field, the value received and
+what would be accepted, because a tuning run that dies an hour in on a typo is the worst kind of waste.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lmtune.errors import ConfigError
+
+METRICS_TO_MAXIMIZE = ("exact_match", "token_f1", "tokens_per_second")
+METRICS_TO_MINIMIZE = ("eval_loss", "perplexity", "train_loss", "train_seconds")
+METRICS = METRICS_TO_MAXIMIZE + METRICS_TO_MINIMIZE
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field("builtin:tiny", description="HF hub id, local directory, or builtin:tiny/micro")
+    trust_remote_code: bool = False
+
+
+class BuiltinDataConfig(_Strict):
+    tasks: list[str] | None = None
+    n_train: int = Field(3000, ge=1)
+    n_validation: int = Field(200, ge=1)
+    n_test: int = Field(200, ge=1)
+    seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str] | None) -> list[str] | None:
+        from lmtune.builtin.tasks import TASKS
+
+        if tasks is not None:
+            if not tasks:
+                raise ValueError("is empty; leave it out to use every task")
+            for t in tasks:
+                if t not in TASKS:
+                    raise ValueError(f"unknown task {t!r}; choose from {sorted(TASKS)}")
+        return tasks
+
+
+class DataConfig(_Strict):
+    path: str | None = Field(None, description="JSONL/JSON file (Alpaca or chat rows); None = built-in tasks")
+    validation_path: str | None = None
+    test_path: str | None = None
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    builtin: BuiltinDataConfig = Field(default_factory=BuiltinDataConfig)
+    prompt_template: str = Field(
+        "auto", description="auto | chat | alpaca | a custom string containing {prompt}"
+    )
+    max_length: int = Field(256, ge=8)
+    packing: bool = False
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v not in ("auto", "chat", "alpaca") and "{prompt}" not in v:
+            raise ValueError("must be auto, chat, alpaca, or a template string that contains {prompt}")
+        return v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.path is not None and self.validation_path is None and self.validation_fraction <= 0:
+            raise ValueError("data.validation_fraction must be > 0 when no data.validation_path is given")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.validation_fraction + data.test_fraction must leave at least 10 % to train on")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Training arguments, named (and defaulted) as in HF `TrainingArguments` where one exists.
+
+    The values a config gives here are its baseline: trial 0 of every study trains with them.
+    """
+
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(128, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs, as in HF")
+    weight_decay: float = Field(0.0, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1, description="model dropout (every *dropout* field of its config)")
+    optim: Literal["adamw", "sgd", "rmsprop", "adafactor"] = "adamw"
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts",
+        "inverse_sqrt", "step",
+    ] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_step_gamma: float = Field(0.1, gt=0, le=1, description="step scheduler: LR factor at each milestone")
+    lr_step_milestones: list[float] = Field([0.5, 0.75], description="step scheduler: fractions of training")
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="LR x decay^(depth from the top)")
+    bf16: bool = False
+    fp16: bool = False
+    label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
+    use_lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: str | list[str] = "all-linear"
+    seed: int = 42
+    eval_steps: int | None = Field(None, ge=1, description="None = 4 evaluations per run")
+    eval_max_samples: int | None = Field(256, ge=1, description="validation rows used for generation metrics")
+    max_new_tokens: int | None = Field(None, ge=1, description="None = longest reference answer + 2")
+    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_threshold: float = Field(0.0, ge=0)
+    torch_num_threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    output_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrainConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true; choose one")
+        if any(not 0 < m < 1 for m in self.lr_step_milestones):
+            raise ValueError("lr_step_milestones must be fractions of training strictly between 0 and 1")
+        return self
+
+
+SEARCHABLE = tuple(
+    n for n in TrainConfig.model_fields
+    if n not in {"per_device_eval_batch_size", "eval_steps", "eval_max_samples", "max_new_tokens",
+                 "early_stopping_patience", "early_stopping_threshold", "torch_num_threads", "device",
+                 "output_dir"}
+)
+
+
+class ParamSpec(_Strict):
+    """One search dimension. YAML shorthand: a scalar is a fixed value, a list is a categorical choice."""
+
+    type: Literal["float", "int", "categorical", "fixed"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    value: Any = None
+    values: list[Any] | None = Field(None, description="grid points (grid strategy) for float/int dimensions")
+    condition: dict[str, Any] | None = Field(None, description="only sampled when e.g. {optim: sgd}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_type(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return {"type": "categorical", "choices": data} if isinstance(data, list) else {"type": "fixed",
+                                                                                            "value": data}
+        if "type" not in data:
+            data = dict(data)
+            if "choices" in data:
+                data["type"] = "categorical"
+            elif "value" in data:
+                data["type"] = "fixed"
+            elif all(isinstance(data.get(k), int) and not isinstance(data.get(k), bool)
+                     for k in ("low", "high")) and not isinstance(data.get("step"), float):
+                data["type"] = "int"
+            else:
+                data["type"] = "float"
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type in ("float", "int"):
+            if self.low is None or self.high is None:
+                raise ValueError(f"a {self.type} parameter needs both low and high")
+            if not (math.isfinite(self.low) and math.isfinite(self.high)):
+                raise ValueError("low and high must be finite numbers")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low}) is greater than high ({self.high}); swap them")
+            if self.log and self.low <= 0:
+                raise ValueError(f"log scale needs low > 0, got low={self.low}")
+            if self.log and self.step is not None:
+                raise ValueError("log and step cannot be combined (Optuna does not support it); drop one")
+            if self.step is not None and self.step <= 0:
+                raise ValueError(f"step must be > 0, got {self.step}")
+            if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+                raise ValueError("an int parameter needs whole-number low and high")
+            for v in self.values or []:
+                if not isinstance(v, int | float) or not self.low <= v <= self.high:
+                    raise ValueError(f"grid value {v!r} is outside [{self.low}, {self.high}]")
+        elif self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty list of choices")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"choices {self.choices} contain duplicates")
+        elif self.value is None:
+            raise ValueError("a fixed parameter needs a value")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """The values that will be tried by grid search, or the two bounds for continuous dimensions."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "fixed":
+            return [self.value]
+        if self.values:
+            return list(self.values)
+        assert self.low is not None and self.high is not None
+        return [int(self.low), int(self.high)] if self.type == "int" else [self.low, self.high]
+
+
+class SearchConfig(_Strict):
+    strategy: Literal["grid", "random", "tpe", "gp"] = "tpe"
+    seed: int = 0
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    n_trials: int | None = Field(10, ge=1, description="total trials of the study, resumed runs included")
+    timeout: float | None = Field(None, gt=0, description="seconds for this invocation")
+    baseline: bool = Field(True, description="enqueue the train: values as trial 0")
+    n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
+
+    @model_validator(mode="after")
+    def _space(self) -> SearchConfig:
+        for name, spec in self.space.items():
+            if name not in SEARCHABLE:
+                raise ValueError(
+                    f"search.space.{name}: not a searchable training argument{_did_you_mean(name, SEARCHABLE)}"
+                )
+            for value in spec.candidates():
+                try:
+                    TrainConfig(**{name: value})
+                except ValidationError as e:
+                    msg = e.errors()[0]["msg"]
+                    raise ValueError(f"search.space.{name}: value {value!r} is not allowed: {msg}") from None
+            for parent, wanted in (spec.condition or {}).items():
+                if parent == name or parent not in self.space:
+                    raise ValueError(
+                        f"search.space.{name}.condition refers to {parent!r}, which is not another parameter "
+                        "of the space; condition on a categorical parameter of search.space"
+                    )
+                pspec = self.space[parent]
+                allowed = pspec.candidates() if pspec.type in ("categorical", "fixed") else None
+                if allowed is None:
+                    raise ValueError(f"search.space.{name}.condition: {parent!r} must be categorical or fixed")
+                wanted_list = wanted if isinstance(wanted, list) else [wanted]
+                missing = [w for w in wanted_list if w not in allowed]
+                if missing:
+                    raise ValueError(
+                        f"search.space.{name}.condition: {parent}={missing} can never happen; "
+                        f"{parent} takes {allowed}"
+                    )
+        _check_acyclic(self.space)
+        if self.strategy == "grid":
+            for name, spec in self.space.items():
+                if spec.type in ("float", "int") and not spec.values and not (spec.type == "int" or spec.step):
+                    raise ValueError(
+                        f"search.space.{name}: grid search needs finite values; add `values: [...]` "
+                        "or a `step`, or make it categorical"
+                    )
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    metric: str = "exact_match"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; choose from {list(METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _direction(self) -> ObjectiveConfig:
+        if self.direction is None:
+            self.direction = "maximize" if self.metric in METRICS_TO_MAXIMIZE else "minimize"
+        return self
+
+
+class ExperimentConfig(_Strict):
+    study_name: str = Field("lmtune", min_length=1)
+    storage: str = "sqlite:///lmtune.db"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if "://" not in v:
+            raise ValueError(f"{v!r} is not a database URL; use e.g. sqlite:///lmtune.db or postgresql://...")
+        return v
+
+
+def _check_acyclic(space: dict[str, ParamSpec]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ValueError(f"search.space conditions form a cycle: {' -> '.join([*path, name])}")
+        state[name] = 1
+        for parent in space[name].condition or {}:
+            visit(parent, [*path, name])
+        state[name] = 2
+
+    for n in space:
+        visit(n, [])
+
+
+def _did_you_mean(name: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; choose from {sorted(options)}"
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            field = str(e["loc"][-1])
+            model = _model_at(e["loc"][:-1])
+            hint = _did_you_mean(field, list(model.model_fields)) if model else ""
+            lines.append(f"{loc}: unknown key{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+            lines.append(f"{loc or 'config'}: {msg}{got}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
+    """Relative paths in a YAML file mean relative to that file, so a config works from any directory."""
+
+    def fix(p: str | None) -> str | None:
+        return p if p is None or Path(p).expanduser().is_absolute() else str((base / p).resolve())
+
+    cfg.data.path = fix(cfg.data.path)
+    cfg.data.validation_path = fix(cfg.data.validation_path)
+    cfg.data.test_path = fix(cfg.data.test_path)
+    name = cfg.model.name_or_path
+    if name.startswith((".", "/", "~")) or (base / name).exists():
+        cfg.model.name_or_path = str(Path(fix(name) or name).expanduser())
+
+
+def validate_config(data: dict[str, Any] | ExperimentConfig, source: str = "(dict)",
+                    base_dir: Path | None = None) -> ExperimentConfig:
+    if isinstance(data, ExperimentConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of an experiment YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"invalid YAML in {p}{where}: {problem}; fix the syntax there") from None
+    return validate_config(data, str(p), p.parent.resolve())

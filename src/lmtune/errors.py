@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints these as one paragraph, never as a traceback."""
+
+
+class LmtuneError(Exception):
+    """Base of every error whose message tells the user what to change."""
+
+
+class ConfigError(LmtuneError):
+    """The experiment YAML (or the dict handed to `tune`) is invalid."""
+
+
+class DataError(LmtuneError):
+    """A dataset file is missing or has a malformed row."""
+
+
+class ModelLoadError(LmtuneError):
+    """The model or tokenizer could not be loaded."""
+
+
+class DivergedError(LmtuneError):
+    """Training produced a NaN or infinite loss."""

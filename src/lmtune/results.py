@@ -1,0 +1,117 @@
+"""Reading a finished (or running) study: trial rows, cost, the baseline-vs-best comparison, the best config.
+
+Pure functions over Optuna's frozen trials, so the CLI, the Python API and later the report share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lmtune.config import SEARCHABLE
+from lmtune.errors import ConfigError
+from lmtune.storage import mask_url, open_storage
+
+BASELINE_ATTR = "baseline"
+SHOWN_METRICS = ("exact_match", "token_f1", "eval_loss", "perplexity", "tokens_per_second")
+
+
+def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
+    """An existing study; with no name, the only study in the storage."""
+    store = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if study_name is None:
+        if len(names) != 1:
+            found = f"it holds {names}" if names else "it holds no study"
+            raise ConfigError(f"which study? {mask_url(storage)}: {found}; pass --study NAME or the config file")
+        study_name = names[0]
+    if study_name not in names:
+        raise ConfigError(f"no study {study_name!r} in {mask_url(storage)}; it holds {names or 'no study'}")
+    return optuna.load_study(study_name=study_name, storage=store)
+
+
+def metric_of(study: optuna.Study) -> str:
+    return str(study.user_attrs.get("metric", "value"))
+
+
+def cost_of(trial: FrozenTrial) -> dict[str, float]:
+    return dict(trial.user_attrs.get("cost") or {})
+
+
+def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
+    """Total cost; `fte` is the number of full-length training runs the study's steps add up to."""
+    total: dict[str, float] = {"trials": 0, "steps": 0, "tokens": 0, "train_seconds": 0.0, "wall_seconds": 0.0,
+                               "fte": 0.0}
+    for t in trials:
+        if not t.state.is_finished():
+            continue
+        total["trials"] += 1
+        for k, v in cost_of(t).items():
+            if k in total:
+                total[k] += v
+    return total
+
+
+def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    return next((t for t in trials if t.user_attrs.get(BASELINE_ATTR)), None)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+@dataclass
+class Comparison:
+    """Baseline vs best: the hyperparameters that differ, then metrics and cost, and a verdict in words."""
+
+    rows: list[tuple[str, Any, Any]]
+    verdict: str
+    improved: bool
+
+
+def compare(study: optuna.Study) -> Comparison | None:
+    trials = study.get_trials(deepcopy=False)
+    base, best = baseline_trial(trials), best_trial(study)
+    if best is None:
+        return None
+    metric = metric_of(study)
+    rows: list[tuple[str, Any, Any]] = []
+    b_h, t_h = (base.user_attrs.get("hparams", {}) if base else {}), best.user_attrs.get("hparams", {})
+    for key in SEARCHABLE:
+        if key in t_h and b_h.get(key) != t_h.get(key):
+            rows.append((key, b_h.get(key), t_h.get(key)))
+    b_m = base.user_attrs.get("metrics", {}) if base else {}
+    t_m = best.user_attrs.get("metrics", {})
+    for key in dict.fromkeys((metric, *SHOWN_METRICS)):
+        if key in t_m:
+            rows.append((key, b_m.get(key), t_m[key]))
+    rows.append(("cost (FTE)", cost_of(base).get("fte") if base else None, cost_of(best).get("fte")))
+    if base is None:
+        return Comparison(rows, "no baseline trial in this study (search.baseline was off)", False)
+    if base.state != TrialState.COMPLETE or base.value is None:
+        return Comparison(rows, f"the baseline trial did not complete ({base.state.name.lower()}: "
+                                f"{base.user_attrs.get('fail_reason', 'no reason recorded')})", True)
+    if best.number == base.number:
+        return Comparison(rows, f"the baseline is already the best configuration ({metric} = {base.value:.4g})",
+                          False)
+    gain = best.value - base.value if best.value is not None else 0.0
+    return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {best.value:.4g} "
+                            f"({gain:+.4g}), trial {best.number}", True)
+
+
+def best_config(study: optuna.Study) -> dict[str, Any]:
+    """The study's stored config with `train:` set to the best trial's hyperparameters: rerunnable as is."""
+    best = best_trial(study)
+    if best is None:
+        raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
+    cfg = dict(study.user_attrs.get("config") or {})
+    train = dict(cfg.get("train") or {})
+    train.update(best.user_attrs.get("hparams", best.params))
+    cfg["train"] = train
+    return cfg

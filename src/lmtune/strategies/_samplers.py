@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import warnings
+
+import optuna
+
+from lmtune.errors import ConfigError
+from lmtune.space import SearchSpace
+
+STRATEGIES = ("grid", "random", "tpe", "gp")
+
+
+def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
+                   n_startup_trials: int | None = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler for `strategy`.
+
+    - ``grid``: :class:`optuna.samplers.GridSampler` over every categorical choice, declared ``values`` and
+      int/step ranges of the space; the study ends when the grid is exhausted.
+    - ``random``: :class:`optuna.samplers.RandomSampler`.
+    - ``tpe``: multivariate, grouped TPE (Bergstra et al. 2011; Falkner et al. 2018), which models
+      conditional parameters per group instead of ignoring them.
+    - ``gp``: :class:`optuna.samplers.GPSampler`, Gaussian-process Bayesian optimisation (best for small,
+      continuous spaces and small budgets).
+
+    Example::
+
+        sampler = create_sampler("tpe", SearchSpace({"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}))
+    """
+    if strategy == "grid":
+        grid = space.grid()
+        if not grid:
+            raise ConfigError("search.strategy is grid but search.space has no dimension to vary")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = 10 if n_startup_trials is None else n_startup_trials
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if strategy == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        if strategy == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+    raise ConfigError(f"search.strategy: unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")

@@ -1,0 +1,204 @@
+"""A tuning study on Optuna storage: open or resume it, run trials until the budget is spent, read results.
+
+`Study` is generic: it optimises any `objective(trial) -> float | dict` over a `SearchSpace`, which is how the
+benchmarks plug in. `tune()` is the same loop with lmtune's fine-tuning objective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lmtune.config import ExperimentConfig, ParamSpec, validate_config
+from lmtune.errors import ConfigError
+from lmtune.results import BASELINE_ATTR, baseline_trial
+from lmtune.space import SearchSpace
+from lmtune.storage import mask_url, open_storage
+from lmtune.strategies import create_sampler
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class TrialContext:
+    """What an objective sees of its trial: the parameters and a way to report progress."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    metric: str
+    is_baseline: bool = False
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def report(self, step: int, metrics: Mapping[str, float] | float) -> bool:
+        """Record an intermediate evaluation; True means the strategy wants this trial stopped."""
+        value = metrics if isinstance(metrics, int | float) else metrics[self.metric]
+        if math.isfinite(value):
+            self.trial.report(float(value), step)
+        if not isinstance(metrics, int | float):
+            curve = list(self.trial.user_attrs.get("curve", []))
+            curve.append({k: float(v) for k, v in metrics.items()})
+            self.trial.set_user_attr("curve", curve)
+        return self.trial.should_prune()
+
+    def set(self, key: str, value: Any) -> None:
+        self.trial.set_user_attr(key, value)
+
+
+Objective = Callable[[TrialContext], "float | Mapping[str, float]"]
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class Study:
+    """A resumable study on a database.
+
+    Example::
+
+        study = Study("demo", storage="sqlite:///demo.db", metric="loss", direction="minimize",
+                      space={"x": {"low": -5.0, "high": 5.0}}, strategy="tpe")
+        study.optimize(lambda t: {"loss": (t.params["x"] - 1) ** 2}, n_trials=20)
+        print(study.best_trial.params)
+    """
+
+    def __init__(self, study_name: str = "lmtune", storage: str = "sqlite:///lmtune.db", *,
+                 space: Mapping[str, ParamSpec | Mapping[str, Any] | Any] | SearchSpace | None = None,
+                 strategy: str = "tpe", metric: str = "value", direction: str = "maximize", seed: int | None = 0,
+                 n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None):
+        self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
+        self.metric, self.direction, self.strategy = metric, direction, strategy
+        self.baseline = dict(baseline) if baseline is not None else None
+        self.storage_url = storage
+        sampler = create_sampler(strategy, self.space, seed, n_startup_trials)
+        storage_obj = open_storage(storage)
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
+        if study_name in existing and existing[study_name].direction.name.lower() != direction:
+            raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
+                              f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
+                              "use another study_name or the same objective")
+        self.optuna = optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction,
+                                          sampler=sampler, pruner=optuna.pruners.NopPruner(), load_if_exists=True)
+        stored_metric = self.optuna.user_attrs.get("metric")
+        if stored_metric is None:
+            self.optuna.set_user_attr("metric", metric)
+            self.optuna.set_user_attr("strategy", strategy)
+        elif stored_metric != metric:
+            raise ConfigError(f"study {study_name!r} optimises {stored_metric!r}, this run asks for {metric!r}; "
+                              "use another study_name or the same objective.metric")
+
+    @property
+    def name(self) -> str:
+        return self.optuna.study_name
+
+    # ------------------------------------------------------------------------------------------------ running
+    def optimize(self, objective: Objective, n_trials: int | None = None, timeout: float | None = None,
+                 callbacks: Iterable[Callback] = ()) -> Study:
+        """Run trials until the study holds `n_trials` finished ones (resumed runs count) or `timeout` passes.
+
+        A trial that raises is recorded as failed with its reason, and the study goes on.
+        """
+        if n_trials is None and timeout is None:
+            raise ConfigError("set a budget: search.n_trials or search.timeout")
+        self._enqueue_baseline()
+        remaining = None if n_trials is None else n_trials - self.n_finished
+        if remaining is not None and remaining <= 0:
+            return self
+        cbs = list(callbacks)
+        if n_trials is not None:
+            cbs.append(optuna.study.MaxTrialsCallback(n_trials, states=FINISHED))
+        self.optuna.optimize(lambda t: self._run_trial(objective, t), n_trials=remaining, timeout=timeout,
+                             catch=(Exception,), callbacks=cbs)
+        return self
+
+    def _enqueue_baseline(self) -> None:
+        if self.baseline is None:
+            return
+        if any(t.user_attrs.get(BASELINE_ATTR) for t in self.optuna.get_trials(deepcopy=False)):
+            return
+        self.optuna.enqueue_trial(self.space.clip_to_space(self.baseline), user_attrs={BASELINE_ATTR: True})
+
+    def _run_trial(self, objective: Objective, trial: optuna.Trial) -> float:
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        params = self.space.suggest(trial, baseline=self.baseline if is_baseline else None)
+        ctx = TrialContext(trial, params, self.metric, is_baseline)
+        try:
+            out = objective(ctx)
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        metrics = {self.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in
+                                                                                 out.items()}
+        if self.metric not in metrics:
+            raise ConfigError(f"the objective returned {sorted(metrics)} without the study metric {self.metric!r}")
+        trial.set_user_attr("metrics", metrics)
+        value = metrics[self.metric]
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"objective {self.metric} is {value}")
+        return value
+
+    # ------------------------------------------------------------------------------------------------ results
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.optuna.get_trials(deepcopy=False)
+
+    @property
+    def n_finished(self) -> int:
+        return len(self.optuna.get_trials(deepcopy=False, states=FINISHED))
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        try:
+            return self.optuna.best_trial
+        except ValueError:
+            raise ConfigError(f"study {self.name!r} has no completed trial yet") from None
+
+    @property
+    def baseline_trial(self) -> FrozenTrial | None:
+        return baseline_trial(self.trials)
+
+
+def default_startup_trials(n_trials: int | None) -> int:
+    """Random trials before TPE/GP model the space: a third of the budget, between 3 and 10."""
+    return 10 if n_trials is None else max(3, min(10, n_trials // 3))
+
+
+def open_study(cfg: ExperimentConfig) -> Study:
+    search = cfg.search
+    return Study(
+        cfg.study_name, cfg.storage, space=search.space, strategy=search.strategy, metric=cfg.objective.metric,
+        direction=cfg.objective.direction or "maximize", seed=search.seed,
+        n_startup_trials=search.n_startup_trials if search.n_startup_trials is not None
+        else default_startup_trials(search.n_trials),
+        baseline=cfg.train.model_dump() if search.baseline else None,
+    )
+
+
+def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback] = (),
+         trial_progress: Callable[[int, int, float], None] | None = None) -> Study:
+    """Run (or resume) the tuning study an experiment config describes and return it."""
+    from lmtune.trial import FineTuneObjective
+
+    cfg = validate_config(config)
+    quiet_libraries()
+    study = open_study(cfg)
+    if "config" not in study.optuna.user_attrs:
+        study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
+    objective = FineTuneObjective(cfg, progress=trial_progress)
+    study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks)
+    return study
+
+
+def quiet_libraries() -> None:
+    """lmtune prints its own progress; Optuna's per-trial INFO lines and HF's load bars would drown it."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

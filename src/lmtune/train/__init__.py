@@ -1,0 +1,1 @@
+"""Data, model loading, the training loop and its metrics. Nothing here knows about Optuna."""

@@ -1,0 +1,120 @@
+"""Loading a model and tokenizer (local path, hub id or built-in), LoRA, and optimizer parameter groups."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from lmtune.builtin.model import BUILTIN_PREFIX, materialize
+from lmtune.config import ModelConfig, TrainConfig
+from lmtune.errors import ModelLoadError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer|block)\.(\d+)\.")
+_EMBEDDING = re.compile(r"embed|wte|wpe|shared")
+
+
+def resolve_path(cfg: ModelConfig) -> str:
+    """A directory or hub id for `from_pretrained`; built-in names are written to disk first."""
+    name = cfg.name_or_path
+    if name.startswith(BUILTIN_PREFIX):
+        try:
+            return str(materialize(name))
+        except ValueError as e:
+            raise ModelLoadError(f"model.name_or_path: {e}") from None
+    if Path(name).exists():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelLoadError(f"model.name_or_path: {name!r} is a path but has no config.json; point it at a "
+                                 "directory written by save_pretrained")
+        return name
+    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model.name_or_path: {name!r} is neither an existing directory nor a hub id like "
+                             "'org/model'; fix the path (relative paths are relative to the config file)")
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    path = resolve_path(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.name_or_path: cannot load the tokenizer of {cfg.name_or_path!r}: "
+                             f"{_first_line(e)}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # common for Llama-family tokenizers; padding is masked anyway
+    return tok
+
+
+def load_model(cfg: ModelConfig, train: TrainConfig) -> PreTrainedModel:
+    """The model with the trial's dropout applied to its config, and LoRA adapters when `use_lora`."""
+    path = resolve_path(cfg)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        for key in dropout_keys(config):
+            setattr(config, key, train.dropout)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=cfg.trust_remote_code,
+                                                     dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.name_or_path: cannot load {cfg.name_or_path!r}: {_first_line(e)}") from None
+    if train.use_lora:
+        model = apply_lora(model, train)
+    return model
+
+
+def dropout_keys(config: Any) -> list[str]:
+    """The config fields that set dropout in the model's modules (names differ by architecture)."""
+    return [k for k, v in config.to_dict().items()
+            if isinstance(v, float) and ("dropout" in k or k.endswith("_pdrop")) and "classifier" not in k]
+
+
+def apply_lora(model: PreTrainedModel, train: TrainConfig) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
+                      target_modules=train.lora_target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ModelLoadError(f"train.lora_target_modules: {_first_line(e)}") from None
+
+
+def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not biases or norms) and layer-wise LR decay by depth.
+
+    With decay d and L layers, layer i gets lr * d^(L - i), embeddings lr * d^(L + 1), and everything above
+    the last layer (final norm, head) the full lr: lower layers hold more general features and move less.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    layer_ids = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
+    n_layers = max(layer_ids) + 1 if layer_ids else 0
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        m = _LAYER.search(name)
+        if m:
+            depth = n_layers - int(m.group(1))
+        elif _EMBEDDING.search(name):
+            depth = n_layers + 1
+        else:
+            depth = 0
+        scale = train.layerwise_lr_decay ** depth
+        decay = train.weight_decay if param.ndim >= 2 and "norm" not in name.lower() else 0.0
+        groups.setdefault((scale, decay), []).append(param)
+    return [{"params": ps, "lr": train.learning_rate * scale, "weight_decay": decay}
+            for (scale, decay), ps in groups.items()]
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -16,7 +16,16 @@ from rich.table import Table
 
 from lmtune.config import ExperimentConfig, load_config
 from lmtune.errors import LmtuneError
-from lmtune.results import SHOWN_METRICS, best_config, best_trial, compare, cost_of, load_study, metric_of, study_cost
+from lmtune.results import (
+    SHOWN_METRICS,
+    best_config,
+    best_trial,
+    compare,
+    cost_of,
+    load_study,
+    metric_of,
+    study_cost,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tune the hyperparameters of LLM instruction fine-tuning with real trials.")

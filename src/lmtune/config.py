@@ -369,7 +369,8 @@ def validate_config(data: dict[str, Any] | ExperimentConfig, source: str = "(dic
     if isinstance(data, ExperimentConfig):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {source}: the top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping of keys, "
+                          f"got {type(data).__name__}")
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:

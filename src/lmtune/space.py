@@ -32,7 +32,7 @@ class SearchSpace:
             spec = self.params[name]
             if not self.active(spec, chosen):
                 continue
-            if baseline is not None and name in baseline and name not in enqueued and spec.type != "fixed":
+            if baseline is not None and name in baseline and name not in enqueued:
                 chosen[name] = baseline[name]
             else:
                 chosen[name] = _suggest_one(trial, name, spec)

@@ -110,6 +110,10 @@ class Study:
         remaining = None if n_trials is None else n_trials - self.n_finished
         if remaining is not None and remaining <= 0:
             return self
+        sampler = self.optuna.sampler
+        waiting = self.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.optuna) and not waiting:
+            return self  # every grid point has run; another trial would only repeat one
         cbs = list(callbacks)
         if n_trials is not None:
             cbs.append(optuna.study.MaxTrialsCallback(n_trials, states=FINISHED))
@@ -187,10 +191,11 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
 
     cfg = validate_config(config)
     quiet_libraries()
+    objective = FineTuneObjective(cfg, progress=trial_progress)
+    objective.prepare()  # a bad dataset or model path fails here, before the study is touched
     study = open_study(cfg)
     if "config" not in study.optuna.user_attrs:
         study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
-    objective = FineTuneObjective(cfg, progress=trial_progress)
     study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks)
     return study
 

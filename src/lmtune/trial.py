@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from lmtune.config import ExperimentConfig, TrainConfig
 from lmtune.study import TrialContext
-from lmtune.train.model import load_tokenizer
+from lmtune.train.model import check_model, load_tokenizer
 from lmtune.train.trainer import PreparedData, Trainer, TrainResult
 
 
@@ -40,8 +40,10 @@ class FineTuneObjective:
         self._tokenizer: Any = None
         self._prepared: PreparedData | None = None
 
-    def _data(self) -> tuple[Any, PreparedData]:
+    def prepare(self) -> tuple[Any, PreparedData]:
+        """Load the tokenizer, check the model config loads, and encode the data (once)."""
         if self._prepared is None:
+            check_model(self.cfg.model)
             self._tokenizer = load_tokenizer(self.cfg.model)
             self._prepared = PreparedData.build(self.cfg.data, self._tokenizer)
         return self._tokenizer, self._prepared
@@ -50,7 +52,7 @@ class FineTuneObjective:
         cfg = self.cfg
         train_cfg = trial_train_config(cfg.train, ctx.params)
         ctx.set("hparams", json.loads(train_cfg.model_dump_json()))
-        tokenizer, prepared = self._data()
+        tokenizer, prepared = self.prepare()
         trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
                           maximize=cfg.objective.direction == "maximize", prepared=prepared, tokenizer=tokenizer,
                           report=ctx.report, progress=self.progress).setup()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import optuna
 
@@ -8,6 +9,19 @@ from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 
 STRATEGIES = ("grid", "random", "tpe", "gp")
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, tolerant of enqueued trials (the baseline) that hold no grid point.
+
+    Optuna 5.0's `after_trial` looks up the finished trial's grid id when one grid point is left, and raises
+    KeyError for an enqueued trial; such a trial consumes no grid point, so there is nothing to do for it.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        if "grid_id" in trial.system_attrs:
+            super().after_trial(study, trial, state, values)
 
 
 def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
@@ -30,7 +44,7 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         grid = space.grid()
         if not grid:
             raise ConfigError("search.strategy is grid but search.space has no dimension to vary")
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _GridSampler(grid, seed=seed)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = 10 if n_startup_trials is None else n_startup_trials

@@ -49,6 +49,14 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tok
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """Fail fast on an unusable model reference by loading only its config (no weights)."""
+    try:
+        AutoConfig.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.name_or_path: cannot load {cfg.name_or_path!r}: {_first_line(e)}") from None
+
+
 def load_model(cfg: ModelConfig, train: TrainConfig) -> PreTrainedModel:
     """The model with the trial's dropout applied to its config, and LoRA adapters when `use_lora`."""
     path = resolve_path(cfg)

@@ -1,0 +1,140 @@
+"""End-to-end studies of real (tiny) fine-tuning trials on SQLite."""
+
+import math
+import sqlite3
+
+import optuna
+import pytest
+from conftest import small_config
+from optuna.trial import TrialState
+
+from lmtune import Study, tune
+from lmtune.config import validate_config
+from lmtune.errors import ConfigError
+from lmtune.results import best_config, compare, load_study, study_cost
+
+
+def test_study_stores_params_metrics_curve_cost_and_baseline(tmp_path):
+    study = tune(small_config(tmp_path))
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    base = trials[0]
+    assert base.user_attrs["baseline"] is True
+    assert base.user_attrs["hparams"]["learning_rate"] == 3e-3  # the train: value, not a sample
+    for t in trials:
+        assert set(t.user_attrs["metrics"]) >= {"eval_loss", "perplexity", "exact_match", "token_f1",
+                                                "tokens_per_second"}
+        assert t.value == t.user_attrs["metrics"]["eval_loss"]
+        assert [c["step"] for c in t.user_attrs["curve"]] == [6, 12]
+        assert sorted(t.intermediate_values) == [6, 12]
+        assert t.user_attrs["cost"]["steps"] == 12 and t.user_attrs["cost"]["fte"] == 1.0
+    assert len({t.params["learning_rate"] for t in trials}) == 3
+    # The rows really are in the SQLite file, readable by any Optuna client.
+    db = tmp_path / "study.db"
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 3
+    loaded = load_study(f"sqlite:///{db}")
+    assert loaded.study_name == "test" and len(loaded.trials) == 3
+    assert study_cost(loaded.trials)["fte"] == 3.0
+
+
+def test_rerun_resumes_and_counts_trials_already_done(tmp_path):
+    cfg = small_config(tmp_path)
+    tune(cfg)
+    cfg["search"]["n_trials"] = 5
+    study = tune(cfg)
+    assert len(study.trials) == 5
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1  # baseline enqueued once
+    assert len(tune(cfg).trials) == 5  # budget reached: nothing more runs
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    cfg = small_config(tmp_path, search={
+        "strategy": "grid", "n_trials": 10,
+        "space": {"learning_rate": {"low": 1e-3, "high": 1e6, "values": [3e-3, 1e6]}, "optim": ["sgd"],
+                  "max_grad_norm": 0.0, "momentum": 0.0},
+    }, train={"optim": "sgd", "learning_rate": 3e-3, "max_steps": 30, "eval_steps": 30})
+    study = tune(cfg)
+    by_lr = {t.params.get("learning_rate"): t for t in study.trials if not t.user_attrs.get("baseline")}
+    assert len(study.trials) == 3  # the baseline, then a grid of two points, then the grid is exhausted
+    assert by_lr[1e6].state == TrialState.FAIL
+    assert by_lr[1e6].user_attrs["fail_reason"].startswith("DivergedError: diverged")
+    assert by_lr[3e-3].state == TrialState.COMPLETE
+    assert len(tune(cfg).trials) == 3  # an exhausted grid runs nothing more when resumed
+
+
+def test_best_is_compared_with_the_baseline_and_exported(tmp_path):
+    cfg = small_config(tmp_path, train={"learning_rate": 1e-5}, search={
+        "strategy": "grid", "n_trials": 5, "space": {"learning_rate": {"low": 1e-5, "high": 1e-2,
+                                                                        "values": [1e-2]}}})
+    study = tune(cfg)
+    comp = compare(study.optuna)
+    assert comp is not None and comp.improved and "tuned beats the baseline" in comp.verdict
+    assert ("learning_rate", 1e-5, 1e-2) in comp.rows
+    best = validate_config(best_config(study.optuna))
+    assert best.train.learning_rate == 1e-2 and best.train.max_steps == 12
+
+
+def test_a_poor_learning_rate_scores_worse_than_a_good_one(tmp_path):
+    """On the built-in task the learning rate must matter: that is what there is to tune."""
+    cfg = small_config(tmp_path, model={"name_or_path": "builtin:tiny"},
+                       data={"builtin": {"n_train": 2000, "n_validation": 100, "n_test": 20}},
+                       train={"max_steps": 120, "eval_steps": 120, "per_device_train_batch_size": 32,
+                              "eval_max_samples": 100, "learning_rate": 1e-5},
+                       search={"strategy": "grid", "n_trials": 2,
+                               "space": {"learning_rate": {"low": 1e-5, "high": 1e-2, "values": [3e-3]}}},
+                       objective={"metric": "exact_match"})
+    trials = tune(cfg).trials
+    poor, good = trials[0].user_attrs["metrics"], trials[1].user_attrs["metrics"]
+    assert good["eval_loss"] < poor["eval_loss"] - 1.0
+    assert good["exact_match"] > poor["exact_match"] + 0.1
+
+
+def test_generic_study_optimises_a_user_function(tmp_path):
+    calls = []
+
+    def objective(trial):
+        x = trial.params["x"]
+        for step in range(3):
+            trial.report(step, {"loss": (x - 1) ** 2 + 1 / (step + 1)})
+        calls.append(trial.number)
+        return {"loss": (x - 1) ** 2}
+
+    study = Study("fn", f"sqlite:///{tmp_path / 'fn.db'}", space={"x": {"low": -5.0, "high": 5.0}},
+                  strategy="tpe", metric="loss", direction="minimize", n_startup_trials=5, baseline={"x": 4.0})
+    study.optimize(objective, n_trials=25)
+    assert len(calls) == 25 and study.baseline_trial.params == {"x": 4.0}
+    assert abs(study.best_trial.params["x"] - 1) < 0.5
+    assert study.trials[1].intermediate_values == pytest.approx({0: study.trials[1].value + 1,
+                                                                 1: study.trials[1].value + 0.5,
+                                                                 2: study.trials[1].value + 1 / 3})
+
+
+def test_objective_errors_and_nan_are_failures_with_reasons(tmp_path):
+    def objective(trial):
+        if trial.number == 0:
+            raise RuntimeError("out of cheese")
+        return math.nan if trial.number == 1 else 1.0
+
+    study = Study("err", f"sqlite:///{tmp_path / 'e.db'}", space={"x": [1, 2]}, strategy="random")
+    study.optimize(objective, n_trials=3)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: out of cheese"
+    assert "nan" in study.trials[1].user_attrs["fail_reason"]
+
+
+def test_reopening_with_another_objective_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Study("s", url, metric="loss", direction="minimize")
+    with pytest.raises(ConfigError, match="created to minimize"):
+        Study("s", url, metric="loss", direction="maximize")
+    with pytest.raises(ConfigError, match="optimises 'loss'"):
+        Study("s", url, metric="acc", direction="minimize")
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        Study("s", "postgresql://user:secret@127.0.0.1:1/db")
+    try:
+        Study("s", "postgresql://user:secret@127.0.0.1:1/db")
+    except ConfigError as e:
+        assert "secret" not in str(e)
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["metric"] == "loss"

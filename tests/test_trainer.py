@@ -1,0 +1,167 @@
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lmtune.config import validate_config
+from lmtune.errors import DivergedError, LmtuneError, ModelLoadError
+from lmtune.train.model import load_model, parameter_groups
+from lmtune.train.trainer import Trainer
+
+
+def make_trainer(tmp_path, prepared=None, **train):
+    from conftest import small_config
+
+    cfg = validate_config(small_config(tmp_path, train=train))
+    return Trainer(cfg.model, cfg.data, cfg.train, objective_metric="eval_loss", prepared=prepared).setup()
+
+
+def test_training_lowers_validation_loss_and_reports_every_metric(tmp_path):
+    t = make_trainer(tmp_path, max_steps=30, eval_steps=10, learning_rate=1e-2)
+    before = t.evaluate()["eval_loss"]
+    r = t.train()
+    assert r.steps == 30 and r.stop_reason is None and len(r.history) == 3
+    assert r.metrics["eval_loss"] < before - 0.5
+    for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "train_loss", "train_seconds",
+                "tokens_per_second", "elapsed_seconds", "exact_match_add"):
+        assert key in r.metrics
+    assert r.metrics["perplexity"] == pytest.approx(math.exp(r.metrics["eval_loss"]))
+    assert 0 <= r.metrics["exact_match"] <= 1 and r.tokens > 0
+
+
+@pytest.mark.parametrize(("optim", "scheduler"), [
+    ("adamw", "cosine"), ("sgd", "linear"), ("rmsprop", "constant_with_warmup"), ("adafactor", "step"),
+    ("adamw", "polynomial"),
+])
+def test_every_optimizer_and_scheduler_trains(tmp_path, optim, scheduler):
+    lr = 0.05 if optim == "sgd" else 3e-3
+    t = make_trainer(tmp_path, optim=optim, lr_scheduler_type=scheduler, learning_rate=lr, warmup_ratio=0.2,
+                     max_steps=8, eval_steps=8)
+    assert type(t.optimizer).__name__.lower() == optim
+    r = t.train()
+    assert math.isfinite(r.metrics["eval_loss"]) and r.steps == 8
+    assert t.scheduler.get_last_lr()[0] <= lr + 1e-12
+
+
+def test_step_scheduler_decays_at_milestones(tmp_path):
+    t = make_trainer(tmp_path, lr_scheduler_type="step", learning_rate=1e-2, max_steps=8, eval_steps=8,
+                     lr_step_gamma=0.5, lr_step_milestones=[0.5])
+    lrs = []
+    for _ in range(8):
+        lrs.append(t.scheduler.get_last_lr()[0])
+        t.scheduler.step()
+    assert lrs[:4] == [1e-2] * 4 and lrs[4:] == [5e-3] * 4
+
+
+def test_gradient_accumulation_counts_micro_batches(tmp_path):
+    t = make_trainer(tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=3, max_steps=-1,
+                     num_train_epochs=1.0)
+    assert t.total_steps == math.ceil(math.ceil(300 / 8) / 3)
+
+
+def test_layerwise_lr_decay_and_weight_decay_groups(tmp_path):
+    cfg = validate_config({"model": {"name_or_path": "builtin:micro"},
+                           "train": {"learning_rate": 1.0, "layerwise_lr_decay": 0.5, "weight_decay": 0.1}})
+    model = load_model(cfg.model, cfg.train)
+    groups = parameter_groups(model, cfg.train)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["model.layers.1.self_attn.q_proj.weight"])] == 0.5   # top layer (2 layers)
+    assert lr_of[id(named["model.layers.0.self_attn.q_proj.weight"])] == 0.25
+    assert lr_of[id(named["model.embed_tokens.weight"])] == 0.125
+    assert lr_of[id(named["model.norm.weight"])] == 1.0
+    assert wd_of[id(named["model.layers.0.mlp.up_proj.weight"])] == 0.1
+    assert wd_of[id(named["model.layers.0.input_layernorm.weight"])] == 0.0
+
+
+def test_dropout_reaches_the_model_config(tmp_path):
+    t = make_trainer(tmp_path, dropout=0.2, max_steps=2)
+    assert t.model.config.attention_dropout == 0.2
+
+
+def test_report_hook_can_stop_a_run(tmp_path):
+    seen = []
+
+    def report(step, metrics):
+        seen.append(step)
+        return step >= 4
+
+    from conftest import small_config
+
+    cfg = validate_config(small_config(tmp_path, train={"max_steps": 20, "eval_steps": 2}))
+    t = Trainer(cfg.model, cfg.data, cfg.train, report=report).setup()
+    r = t.train()
+    assert seen == [2, 4] and r.steps == 4 and r.stop_reason == "report"
+
+
+def test_early_stopping_with_patience(tmp_path):
+    # A learning rate of ~0 cannot improve eval_loss by the threshold, so patience 2 stops after 3 evals.
+    t = make_trainer(tmp_path, learning_rate=1e-12, max_steps=40, eval_steps=2, early_stopping_patience=2,
+                     early_stopping_threshold=0.01)
+    r = t.train()
+    assert r.stop_reason == "early_stopping" and r.steps == 6
+
+
+def test_nan_loss_raises_diverged(tmp_path):
+    t = make_trainer(tmp_path, optim="sgd", learning_rate=1e6, momentum=0.0, max_grad_norm=0.0, max_steps=30)
+    with pytest.raises(DivergedError, match="diverged"):
+        t.train()
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    with pytest.raises(LmtuneError, match="fp16 needs a CUDA device"):
+        make_trainer(tmp_path, fp16=True, device="cpu")
+
+
+def test_bf16_autocast_trains(tmp_path):
+    r = make_trainer(tmp_path, bf16=True, device="cpu", max_steps=4).train()
+    assert math.isfinite(r.metrics["eval_loss"])
+
+
+def test_same_seed_same_result(tmp_path):
+    a = make_trainer(tmp_path, max_steps=6, dropout=0.1).train().metrics
+    b = make_trainer(tmp_path, max_steps=6, dropout=0.1).train().metrics
+    c = make_trainer(tmp_path, max_steps=6, dropout=0.1, seed=1).train().metrics
+    assert a["eval_loss"] == b["eval_loss"] and a["exact_match"] == b["exact_match"]
+    assert c["eval_loss"] != a["eval_loss"]
+
+
+def test_saved_model_loads_back_through_from_pretrained(tmp_path):
+    t = make_trainer(tmp_path, max_steps=4)
+    r = t.train()
+    out = t.save(tmp_path / "model", r)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    for (n, p), (_, q) in zip(t.model.named_parameters(), loaded.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    # ...and a study can fine-tune it by path, as a user's own model.
+    from conftest import small_config
+
+    cfg = validate_config(small_config(tmp_path, model={"name_or_path": str(out)}, train={"max_steps": 4}))
+    again = Trainer(cfg.model, cfg.data, cfg.train).setup()
+    assert again.evaluate()["eval_loss"] == pytest.approx(r.metrics["eval_loss"], rel=1e-5)
+
+
+def test_lora_trains_only_the_adapters(tmp_path):
+    t = make_trainer(tmp_path, use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                     lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-2, max_steps=6)
+    trainable = [n for n, p in t.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
+    t.train()
+    assert all(torch.equal(p, frozen[n]) for n, p in t.model.named_parameters() if not p.requires_grad)
+    out = t.save(tmp_path / "adapter")
+    assert (out / "adapter_config.json").is_file()
+
+
+def test_bad_lora_targets_and_unknown_models_are_clear_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="lora_target_modules"):
+        make_trainer(tmp_path, use_lora=True, lora_target_modules=["no_such_proj"])
+    from conftest import small_config
+
+    for name, needle in [(str(tmp_path / "missing-model"), "neither an existing directory"),
+                         (str(tmp_path), "has no config.json"), ("builtin:huge", "unknown built-in model")]:
+        cfg = validate_config(small_config(tmp_path, model={"name_or_path": name}))
+        with pytest.raises(ModelLoadError, match=needle):
+            Trainer(cfg.model, cfg.data, cfg.train).setup()

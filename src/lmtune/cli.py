@@ -53,11 +53,11 @@ def _load(config: Path, storage: str | None = None, study: str | None = None) ->
     return cfg
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -67,8 +67,9 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
     best = best_trial(study)
     if limit is not None:
         trials = trials[-limit:]
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
     table = Table(title=title, show_lines=False)
-    for col in ("#", "state", metric, "eval_loss", "FTE", "s", "params"):
+    for col in ("#", "state", metric, "eval_loss", "FTE", "s", *params):
         table.add_column(col, overflow="fold")
     for t in trials:
         m = t.user_attrs.get("metrics", {})
@@ -78,8 +79,8 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
         style = "bold green" if best is not None and t.number == best.number else None
         c = cost_of(t)
         table.add_row(str(t.number), state, _fmt(m.get(metric, t.value)), _fmt(m.get("eval_loss")),
-                      _fmt(c.get("fte")), _fmt(c.get("wall_seconds")),
-                      ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()), style=style)
+                      _fmt(c.get("fte")), _fmt(c.get("wall_seconds"), 3), *(_fmt(t.params.get(p), 3) for p in params),
+                      style=style)
     return table
 
 
@@ -168,8 +169,9 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     m = trial.user_attrs.get("metrics", {})
     extra = trial.user_attrs.get("fail_reason", "") if trial.state.name == "FAIL" else json.dumps(
         {k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
     console.print(f"trial {trial.number} {trial.state.name.lower()}: {metric_of(study)}={_fmt(trial.value)} "
-                  f"params={trial.params} {extra}", highlight=False)
+                  f"{params} {extra}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -69,7 +69,8 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
         trials = trials[-limit:]
     params = list(dict.fromkeys(k for t in trials for k in t.params))
     table = Table(title=title, show_lines=False)
-    for col in ("#", "state", metric, "eval_loss", "FTE", "s", *params):
+    metric_cols = list(dict.fromkeys((metric, "eval_loss")))
+    for col in ("#", "state", *metric_cols, "FTE", "s", *params):
         table.add_column(col, overflow="fold")
     for t in trials:
         m = t.user_attrs.get("metrics", {})
@@ -78,9 +79,9 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
             state += f": {t.user_attrs.get('fail_reason', '')[:80]}"
         style = "bold green" if best is not None and t.number == best.number else None
         c = cost_of(t)
-        table.add_row(str(t.number), state, _fmt(m.get(metric, t.value)), _fmt(m.get("eval_loss")),
-                      _fmt(c.get("fte")), _fmt(c.get("wall_seconds"), 3), *(_fmt(t.params.get(p), 3) for p in params),
-                      style=style)
+        values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in params}}
+        table.add_row(str(t.number), state, *(_fmt(m.get(k)) for k in metric_cols), _fmt(c.get("fte")),
+                      _fmt(c.get("wall_seconds"), 3), *(_fmt(values.get(p), 3) for p in params), style=style)
     return table
 
 
@@ -146,7 +147,7 @@ class _LiveDisplay:
         self.study_task = self.progress.add_task("study", total=cfg.search.n_trials, info="")
         self.trial_task = self.progress.add_task("trial", total=None, info="")
         self.table = Table()
-        self.live = Live(Group(self.progress, self.table), console=console, refresh_per_second=4)
+        self.live = Live(Group(self.progress, self.table), console=console, refresh_per_second=4, transient=True)
 
     def __enter__(self) -> _LiveDisplay:
         self.live.__enter__()
@@ -156,6 +157,8 @@ class _LiveDisplay:
         self.live.__exit__(*exc)  # type: ignore[arg-type]
 
     def on_step(self, step: int, total: int, loss: float) -> None:
+        if step == 1:
+            self.progress.reset(self.trial_task, total=total)
         self.progress.update(self.trial_task, completed=step, total=total, info=f"loss {loss:.3f}")
 
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -217,8 +217,20 @@ class ParamSpec(_Strict):
         return [int(self.low), int(self.high)] if self.type == "int" else [self.low, self.high]
 
 
+class BudgetConfig(_Strict):
+    """Compute budgets beyond trial counts; the study stops at the first one reached."""
+
+    fte: float | None = Field(None, gt=0, description="full-training equivalents: summed share of full runs")
+    device_hours: float | None = Field(None, gt=0, description="summed trial wall time x devices, in hours")
+
+
 class SearchConfig(_Strict):
-    strategy: Literal["grid", "random", "tpe", "gp"] = "tpe"
+    strategy: Literal["grid", "random", "tpe", "gp", "auto", "asha", "hyperband", "pbt"] = "tpe"
+    pruner: Literal["none", "asha", "hyperband", "median"] | None = Field(
+        None, description="None = the strategy's own (auto: hyperband, asha: asha, hyperband: hyperband)")
+    min_resource: int | None = Field(None, ge=1, description="pruning: optimizer steps before the first rung")
+    reduction_factor: int = Field(3, ge=2, description="pruning: keep 1/reduction_factor of trials per rung")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     seed: int = 0
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     n_trials: int | None = Field(10, ge=1, description="total trials of the study, resumed runs included")
@@ -297,7 +309,7 @@ class ExperimentConfig(_Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
-        if "://" not in v:
+        if "://" not in v:  # sqlite:///file.db, postgresql://..., memory://
             raise ValueError(f"{v!r} is not a database URL; use e.g. sqlite:///lmtune.db or postgresql://...")
         return v
 

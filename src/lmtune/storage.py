@@ -19,6 +19,9 @@ def mask_url(url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """`memory://` keeps the study in this process only (benchmarks, quick experiments)."""
+    if url == "memory://":
+        return optuna.storages.InMemoryStorage()
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:///"):

@@ -17,10 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.config import ExperimentConfig, ParamSpec, validate_config
 from lmtune.errors import ConfigError
-from lmtune.results import BASELINE_ATTR, baseline_trial
+from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage
-from lmtune.strategies import create_sampler
+from lmtune.strategies import create_pruner, create_sampler, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -33,13 +33,18 @@ class TrialContext:
     params: dict[str, Any]
     metric: str
     is_baseline: bool = False
+    pruned: bool = False
 
     @property
     def number(self) -> int:
         return self.trial.number
 
     def report(self, step: int, metrics: Mapping[str, float] | float) -> bool:
-        """Record an intermediate evaluation; True means the strategy wants this trial stopped."""
+        """Record an intermediate evaluation; True means the strategy wants this trial stopped.
+
+        An objective told to stop simply returns what it has; the study then records the trial as pruned.
+        The baseline trial is never pruned, so the baseline-vs-tuned comparison is always complete.
+        """
         value = metrics if isinstance(metrics, int | float) else metrics[self.metric]
         if math.isfinite(value):
             self.trial.report(float(value), step)
@@ -47,7 +52,8 @@ class TrialContext:
             curve = list(self.trial.user_attrs.get("curve", []))
             curve.append({k: float(v) for k, v in metrics.items()})
             self.trial.set_user_attr("curve", curve)
-        return self.trial.should_prune()
+        self.pruned = not self.is_baseline and self.trial.should_prune()
+        return self.pruned
 
     def set(self, key: str, value: Any) -> None:
         self.trial.set_user_attr(key, value)
@@ -71,12 +77,17 @@ class Study:
     def __init__(self, study_name: str = "lmtune", storage: str = "sqlite:///lmtune.db", *,
                  space: Mapping[str, ParamSpec | Mapping[str, Any] | Any] | SearchSpace | None = None,
                  strategy: str = "tpe", metric: str = "value", direction: str = "maximize", seed: int | None = 0,
-                 n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None):
+                 n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None,
+                 pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
+                 max_resource: int | None = None):
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
         self.metric, self.direction, self.strategy = metric, direction, strategy
         self.baseline = dict(baseline) if baseline is not None else None
         self.storage_url = storage
-        sampler = create_sampler(strategy, self.space, seed, n_startup_trials)
+        sampler_name, self.pruner = resolve(strategy, pruner)
+        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
+        pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource)
         storage_obj = open_storage(storage)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
@@ -84,7 +95,7 @@ class Study:
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
                               "use another study_name or the same objective")
         self.optuna = optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction,
-                                          sampler=sampler, pruner=optuna.pruners.NopPruner(), load_if_exists=True)
+                                          sampler=sampler, pruner=pruner_obj, load_if_exists=True)
         stored_metric = self.optuna.user_attrs.get("metric")
         if stored_metric is None:
             self.optuna.set_user_attr("metric", metric)
@@ -99,13 +110,19 @@ class Study:
 
     # ------------------------------------------------------------------------------------------------ running
     def optimize(self, objective: Objective, n_trials: int | None = None, timeout: float | None = None,
-                 callbacks: Iterable[Callback] = ()) -> Study:
-        """Run trials until the study holds `n_trials` finished ones (resumed runs count) or `timeout` passes.
+                 callbacks: Iterable[Callback] = (), budget_fte: float | None = None,
+                 budget_device_hours: float | None = None) -> Study:
+        """Run trials until the first budget is reached: `n_trials` finished trials in the study, `budget_fte`
+        full-training equivalents or `budget_device_hours` of trial time spent by the whole study (resumed
+        runs count), or `timeout` seconds of this call.
 
-        A trial that raises is recorded as failed with its reason, and the study goes on.
+        A trial that raises is recorded as failed with its reason, and the study goes on. Cost is read from
+        each trial's ``cost`` attribute (``fte``, ``wall_seconds``), which a user objective may set too.
         """
-        if n_trials is None and timeout is None:
-            raise ConfigError("set a budget: search.n_trials or search.timeout")
+        if n_trials is None and timeout is None and budget_fte is None and budget_device_hours is None:
+            raise ConfigError("set a budget: search.n_trials, search.timeout or search.budget")
+        if self._budget_spent(budget_fte, budget_device_hours):
+            return self
         self._enqueue_baseline()
         remaining = None if n_trials is None else n_trials - self.n_finished
         if remaining is not None and remaining <= 0:
@@ -117,9 +134,20 @@ class Study:
         cbs = list(callbacks)
         if n_trials is not None:
             cbs.append(optuna.study.MaxTrialsCallback(n_trials, states=FINISHED))
+        if budget_fte is not None or budget_device_hours is not None:
+            def stop_at_budget(study: optuna.Study, _trial: FrozenTrial) -> None:
+                if self._budget_spent(budget_fte, budget_device_hours):
+                    study.stop()
+
+            cbs.append(stop_at_budget)
         self.optuna.optimize(lambda t: self._run_trial(objective, t), n_trials=remaining, timeout=timeout,
                              catch=(Exception,), callbacks=cbs)
         return self
+
+    def _budget_spent(self, fte: float | None, device_hours: float | None) -> bool:
+        cost = study_cost(self.trials)
+        return (fte is not None and cost["fte"] >= fte) or (
+            device_hours is not None and cost["wall_seconds"] / 3600 >= device_hours)
 
     def _enqueue_baseline(self) -> None:
         if self.baseline is None:
@@ -143,6 +171,9 @@ class Study:
             raise ConfigError(f"the objective returned {sorted(metrics)} without the study metric {self.metric!r}")
         trial.set_user_attr("metrics", metrics)
         value = metrics[self.metric]
+        if ctx.pruned:
+            trial.set_user_attr("stop_reason", "pruned")
+            raise optuna.TrialPruned()
         if not math.isfinite(value):
             trial.set_user_attr("fail_reason", f"objective {self.metric} is {value}")
         return value
@@ -181,6 +212,7 @@ def open_study(cfg: ExperimentConfig) -> Study:
         n_startup_trials=search.n_startup_trials if search.n_startup_trials is not None
         else default_startup_trials(search.n_trials),
         baseline=cfg.train.model_dump() if search.baseline else None,
+        pruner=search.pruner, min_resource=search.min_resource, reduction_factor=search.reduction_factor,
     )
 
 
@@ -196,7 +228,8 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
     study = open_study(cfg)
     if "config" not in study.optuna.user_attrs:
         study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
-    study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks)
+    study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks,
+                   budget_fte=cfg.search.budget.fte, budget_device_hours=cfg.search.budget.device_hours)
     return study
 
 

@@ -1,9 +1,11 @@
-"""Search strategies: which configuration to try next.
+"""Search strategies: which configuration to try next, and which running trial to stop early.
 
-Each strategy is an Optuna sampler, chosen and seeded here; lmtune adds only what Optuna lacks (grid points
-derived from the declared space, and a startup-trial default sized to the budget).
+Samplers and pruners are Optuna's, chosen and configured here; lmtune adds only what Optuna lacks: grid points
+derived from the declared space, combined strategies (``auto`` = TPE + Hyperband), and population-based
+training, which Optuna does not have.
 """
 
+from lmtune.strategies._pruners import COMBINED, PRUNERS, create_pruner, resolve
 from lmtune.strategies._samplers import STRATEGIES, create_sampler
 
-__all__ = ["STRATEGIES", "create_sampler"]
+__all__ = ["COMBINED", "PRUNERS", "STRATEGIES", "create_pruner", "create_sampler", "resolve"]

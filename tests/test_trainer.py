@@ -165,3 +165,32 @@ def test_bad_lora_targets_and_unknown_models_are_clear_errors(tmp_path):
         cfg = validate_config(small_config(tmp_path, model={"name_or_path": name}))
         with pytest.raises(ModelLoadError, match=needle):
             Trainer(cfg.model, cfg.data, cfg.train).setup()
+
+
+def test_a_run_resumed_from_a_checkpoint_matches_an_unbroken_one(tmp_path):
+    whole = make_trainer(tmp_path, max_steps=10, eval_steps=10, dropout=0.1)
+    whole.train()
+    first = make_trainer(tmp_path, max_steps=10, eval_steps=10, dropout=0.1)
+    first.train(until_step=4)
+    ckpt = first.save_state(tmp_path / "ckpt")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "trainer_state.pt"]
+    second = make_trainer(tmp_path, max_steps=10, eval_steps=10, dropout=0.1, prepared=first.prepared)
+    second.load_state(ckpt)
+    r = second.train()
+    assert second.step == 10 and r.steps == 10
+    for (n, p), (_, q) in zip(whole.model.named_parameters(), second.model.named_parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), (n, (p - q).abs().max())
+
+
+def test_hyperparameters_change_in_place(tmp_path):
+    t = make_trainer(tmp_path, learning_rate=1e-3, weight_decay=0.01, max_steps=10, lr_scheduler_type="constant")
+    t.train(until_step=2)
+    t.set_hparams({"learning_rate": 2e-3, "weight_decay": 0.05, "adam_beta1": 0.8, "dropout": 0.3})
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+    t.train(until_step=3)  # the scheduler's next step keeps the new rate
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+    decays = {g["weight_decay"] for g in t.optimizer.param_groups}
+    assert decays == {0.0, 0.05} and all(g["betas"][0] == 0.8 for g in t.optimizer.param_groups)
+    assert t.model.model.layers[0].self_attn.attention_dropout == 0.3 and t.cfg.learning_rate == 2e-3
+    with pytest.raises(LmtuneError, match="cannot change during a run"):
+        t.set_hparams({"optim": "sgd"})

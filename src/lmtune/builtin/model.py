@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -38,8 +39,9 @@ def materialize(name: str) -> Path:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **SIZES[size],
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng():  # fixed weights, and the caller's random state left as it was
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
     # Write to a temp dir and rename, so two processes materialising at once never see a half-written model.
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     model.save_pretrained(tmp)
@@ -47,7 +49,5 @@ def materialize(name: str) -> Path:
     try:
         tmp.rename(path)
     except OSError:  # another process won the race; its copy is identical
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -99,7 +99,7 @@ def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict[st
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     layer_ids = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
     n_layers = max(layer_ids) + 1 if layer_ids else 0
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -111,10 +111,11 @@ def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict[st
         else:
             depth = 0
         scale = train.layerwise_lr_decay ** depth
-        decay = train.weight_decay if param.ndim >= 2 and "norm" not in name.lower() else 0.0
-        groups.setdefault((scale, decay), []).append(param)
-    return [{"params": ps, "lr": train.learning_rate * scale, "weight_decay": decay}
-            for (scale, decay), ps in groups.items()]
+        is_matrix = param.ndim >= 2 and "norm" not in name.lower()
+        groups.setdefault((scale, train.weight_decay if is_matrix else 0.0, is_matrix), []).append(param)
+    # `apply_decay` marks the groups whose weight decay may be changed later (PBT); norms and biases stay at 0.
+    return [{"params": ps, "lr": train.learning_rate * scale, "weight_decay": decay, "apply_decay": is_matrix}
+            for (scale, decay, is_matrix), ps in groups.items()]
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
@@ -24,9 +25,12 @@ from lmtune.config import DataConfig, ModelConfig, TrainConfig
 from lmtune.errors import DivergedError, LmtuneError
 from lmtune.train.data import IGNORE, Encoded, PromptRenderer, collate, collate_prompts, load_splits, pack
 from lmtune.train.metrics import exact_match, perplexity, token_f1
-from lmtune.train.model import count_parameters, load_model, load_tokenizer, parameter_groups
+from lmtune.train.model import count_parameters, dropout_keys, load_model, load_tokenizer, parameter_groups
 
 Report = Callable[[int, dict[str, float]], bool]
+# Hyperparameters a running trainer can change in place (population-based training explores these).
+MUTABLE_HPARAMS = ("learning_rate", "weight_decay", "momentum", "adam_beta1", "adam_beta2", "max_grad_norm",
+                   "label_smoothing_factor", "dropout", "gradient_accumulation_steps")
 Progress = Callable[[int, int, float], None]
 
 
@@ -81,14 +85,20 @@ class Trainer:
         cfg = self.cfg
         if cfg.torch_num_threads:
             torch.set_num_threads(cfg.torch_num_threads)
-        torch.manual_seed(cfg.seed)
         self._setup_device()
         self.tokenizer = self.tokenizer or load_tokenizer(self.model_cfg)
         self.prepared = self.prepared or PreparedData.build(self.data_cfg, self.tokenizer)
+        torch.manual_seed(cfg.seed)  # after loading, so LoRA init and dropout depend on the seed alone
         self._setup_model()
         self._setup_steps()
         self._setup_optimizer()
         self._setup_lr_scheduler()
+        self.result = TrainResult(metrics={}, planned_steps=self.total_steps)
+        self.step, self.micro_batches_seen = 0, 0
+        self._batches = self._micro_batches()
+        self._best_value: float | None = None
+        self._bad_evals = 0
+        self._loss_sum_since_eval, self._steps_since_eval = 0.0, 0
         return self
 
     def _setup_device(self) -> None:
@@ -146,32 +156,35 @@ class Trainer:
                                            num_training_steps=self.total_steps)
 
     # ------------------------------------------------------------------------------------------------ train
-    def train(self) -> TrainResult:
-        cfg = self.cfg
-        result = TrainResult(metrics={}, planned_steps=self.total_steps)
+    def train(self, until_step: int | None = None) -> TrainResult:
+        """Train up to `until_step` (default: the end) and evaluate there. A later call continues where this
+        one stopped, which is how population-based training runs a member segment by segment."""
+        cfg, result = self.cfg, self.result
+        end = min(until_step or self.total_steps, self.total_steps)
         start = time.perf_counter()
-        batches = self._micro_batches()
-        best, bad_evals = None, 0
-        running_loss, running_n = 0.0, 0
         self.model.train()
-        for step in range(1, self.total_steps + 1):
+        while self.step < end and result.stop_reason is None:
+            self.step += 1
+            step = self.step
             t0 = time.perf_counter()
-            loss, tokens = self._optimizer_step([next(batches) for _ in range(cfg.gradient_accumulation_steps)])
+            loss, tokens = self._optimizer_step([next(self._batches) for _ in range(cfg.gradient_accumulation_steps)])
             if not math.isfinite(loss):
                 raise DivergedError(f"diverged: training loss is {loss} at step {step}")
             result.train_seconds += time.perf_counter() - t0
             result.tokens += tokens
             result.steps = step
-            running_loss, running_n = running_loss + loss, running_n + 1
+            self._loss_sum_since_eval += loss
+            self._steps_since_eval += 1
             if self.progress:
                 self.progress(step, self.total_steps, loss)
-            if step % self.eval_steps and step != self.total_steps:
+            if step % self.eval_steps and step != end:
                 continue
             metrics = self.evaluate()
-            metrics.update(step=step, train_loss=running_loss / running_n, train_seconds=result.train_seconds,
+            metrics.update(step=step, train_loss=self._loss_sum_since_eval / self._steps_since_eval,
+                           train_seconds=result.train_seconds,
                            tokens_per_second=result.tokens / max(result.train_seconds, 1e-9),
-                           elapsed_seconds=time.perf_counter() - start)
-            running_loss, running_n = 0.0, 0
+                           elapsed_seconds=result.wall_seconds + time.perf_counter() - start)
+            self._loss_sum_since_eval, self._steps_since_eval = 0.0, 0
             result.history.append(metrics)
             result.metrics = metrics
             stop = self.report(step, metrics) if self.report else False
@@ -179,24 +192,29 @@ class Trainer:
                 break
             if stop:
                 result.stop_reason = "report"
-                break
-            value = metrics[self.objective_metric]
-            improved = best is None or (value > best + cfg.early_stopping_threshold if self.maximize
-                                        else value < best - cfg.early_stopping_threshold)
-            best, bad_evals = (value, 0) if improved else (best, bad_evals + 1)
-            if cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience:
+            elif self._no_improvement_for(metrics[self.objective_metric]) >= (cfg.early_stopping_patience or 1e9):
                 result.stop_reason = "early_stopping"
-                break
-        result.wall_seconds = time.perf_counter() - start
+        result.wall_seconds += time.perf_counter() - start
         return result
 
+    def _no_improvement_for(self, value: float) -> int:
+        """Evaluations since the objective last improved by more than early_stopping_threshold."""
+        threshold = self.cfg.early_stopping_threshold
+        best = self._best_value
+        improved = best is None or (value > best + threshold if self.maximize else value < best - threshold)
+        self._best_value, self._bad_evals = (value, 0) if improved else (best, self._bad_evals + 1)
+        return self._bad_evals
+
     def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless shuffled micro-batches, reshuffled each epoch from the run's seed."""
+        """Endless shuffled micro-batches. Epoch e's order depends only on (seed, e), and the position is
+        kept in the trainer state, so a run resumed from a checkpoint sees the same data as an unbroken one."""
         data, bs = self.prepared.train, self.cfg.per_device_train_batch_size
-        gen = torch.Generator().manual_seed(self.cfg.seed)
+        per_epoch = math.ceil(len(data) / bs)
         while True:
-            order = torch.randperm(len(data), generator=gen).tolist()
-            for i in range(0, len(order), bs):
+            epoch, pos = divmod(self.micro_batches_seen, per_epoch)
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.cfg.seed * 1009 + epoch))
+            for i in range(pos * bs, len(order), bs):
+                self.micro_batches_seen += 1
                 yield collate([data[j] for j in order[i:i + bs]], self.tokenizer.pad_token_id)
 
     def _optimizer_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
@@ -277,6 +295,60 @@ class Trainer:
         metrics.update({f"exact_match_{t}": sum(v) / len(v) for t, v in sorted(per_task.items())})
         return metrics
 
+    # ------------------------------------------------------------------------------------------------ state
+    def save_state(self, path: str | Path) -> Path:
+        """Everything needed to continue this run elsewhere: weights as safetensors, optimizer and scheduler
+        state in a tensors-and-numbers file that loads with `torch.load(weights_only=True)`."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_model(self.model, str(out / "model.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "step": self.step, "micro_batches_seen": self.micro_batches_seen,
+                    "rng": torch.get_rng_state()}, out / "trainer_state.pt")
+        return out
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from `save_state`; the trainer must have been set up with the same model and optimizer."""
+        src = Path(path)
+        safetensors.torch.load_model(self.model, str(src / "model.safetensors"), device=str(self.device))
+        state = torch.load(src / "trainer_state.pt", weights_only=True, map_location=self.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.micro_batches_seen = int(state["step"]), int(state["micro_batches_seen"])
+        torch.set_rng_state(state["rng"].cpu())  # dropout masks continue as in an unbroken run
+        self.result.steps = self.step
+
+    def set_hparams(self, changes: dict[str, Any]) -> None:
+        """Change hyperparameters mid-run (PBT's explore step) without losing optimizer state.
+
+        Only what can change in place is allowed here; the rest (optimizer type, batch size, LoRA shape, ...)
+        is fixed for the life of a run.
+        """
+        unknown = set(changes) - set(MUTABLE_HPARAMS)
+        if unknown:
+            raise LmtuneError(f"{sorted(unknown)} cannot change during a run; mutable: {list(MUTABLE_HPARAMS)}")
+        old, new = self.cfg, TrainConfig.model_validate({**self.cfg.model_dump(), **changes})
+        ratio = new.learning_rate / old.learning_rate
+        self.scheduler.base_lrs = [b * ratio for b in self.scheduler.base_lrs]
+        for g in self.optimizer.param_groups:
+            g["lr"] *= ratio
+            g["initial_lr"] *= ratio  # set by LambdaLR, the class of every scheduler here
+            if g.get("apply_decay"):
+                g["weight_decay"] = new.weight_decay
+            if "momentum" in g:
+                g["momentum"] = new.momentum
+            if "betas" in g:
+                g["betas"] = (new.adam_beta1, new.adam_beta2)
+        if new.dropout != old.dropout:
+            for key in dropout_keys(_base_config(self.model)):
+                setattr(_base_config(self.model), key, new.dropout)
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout) and "lora" not in type(module).__name__.lower():
+                    module.p = new.dropout
+                if isinstance(getattr(module, "attention_dropout", None), float):
+                    module.attention_dropout = new.dropout
+        self.cfg = new
+
     # ------------------------------------------------------------------------------------------------ save
     def save(self, output_dir: str | Path, result: TrainResult | None = None) -> Path:
         """Model (or LoRA adapter) and tokenizer via save_pretrained, with the run's config and metrics beside."""
@@ -288,3 +360,7 @@ class Trainer:
                  "result": asdict(result) if result else None}
         (out / "lmtune_run.json").write_text(json.dumps(state, indent=2, default=str))
         return out
+
+
+def _base_config(model: torch.nn.Module) -> Any:
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config

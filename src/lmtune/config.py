@@ -224,13 +224,27 @@ class BudgetConfig(_Strict):
     device_hours: float | None = Field(None, gt=0, description="summed trial wall time x devices, in hours")
 
 
+class PBTConfig(_Strict):
+    """Population-based training: see lmtune.strategies.PopulationBasedTraining."""
+
+    population_size: int = Field(8, ge=2)
+    segment_steps: int = Field(50, ge=1, description="optimizer steps between exploit/explore rounds")
+    quantile: float = Field(0.25, gt=0, le=0.5, description="bottom quantile copies the top quantile")
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    perturb_factors: list[float] = Field([0.8, 1.2], min_length=1)
+    workers: int = Field(1, ge=1, description="local processes training members in parallel")
+    checkpoint_dir: str | None = Field(None, description="default: lmtune_runs/<study_name>/pbt")
+
+
 class SearchConfig(_Strict):
     strategy: Literal["grid", "random", "tpe", "gp", "auto", "asha", "hyperband", "pbt"] = "tpe"
+    preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
     pruner: Literal["none", "asha", "hyperband", "median"] | None = Field(
         None, description="None = the strategy's own (auto: hyperband, asha: asha, hyperband: hyperband)")
     min_resource: int | None = Field(None, ge=1, description="pruning: optimizer steps before the first rung")
     reduction_factor: int = Field(3, ge=2, description="pruning: keep 1/reduction_factor of trials per rung")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    pbt: PBTConfig = Field(default_factory=PBTConfig)
     seed: int = 0
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     n_trials: int | None = Field(10, ge=1, description="total trials of the study, resumed runs included")
@@ -269,6 +283,8 @@ class SearchConfig(_Strict):
                         f"{parent} takes {allowed}"
                     )
         _check_acyclic(self.space)
+        if self.strategy == "pbt" and self.pruner not in (None, "none"):
+            raise ValueError("search.pruner: population-based training replaces pruning; remove the pruner")
         if self.strategy == "grid":
             for name, spec in self.space.items():
                 if spec.type in ("float", "int") and not spec.values and not (spec.type == "int" or spec.step):
@@ -305,6 +321,13 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        from lmtune.presets import apply_preset
+
+        return apply_preset(data) if isinstance(data, dict) else data
 
     @field_validator("storage")
     @classmethod

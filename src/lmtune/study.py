@@ -219,7 +219,7 @@ def open_study(cfg: ExperimentConfig) -> Study:
 def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback] = (),
          trial_progress: Callable[[int, int, float], None] | None = None) -> Study:
     """Run (or resume) the tuning study an experiment config describes and return it."""
-    from lmtune.trial import FineTuneObjective
+    from lmtune.trial import FineTuneObjective, run_pbt
 
     cfg = validate_config(config)
     quiet_libraries()
@@ -228,6 +228,12 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
     study = open_study(cfg)
     if "config" not in study.optuna.user_attrs:
         study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
+    if cfg.search.strategy == "pbt":
+        for member in run_pbt(cfg, study, objective):
+            frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
+            for callback in callbacks:
+                callback(study.optuna, frozen)
+        return study
     study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks,
                    budget_fte=cfg.search.budget.fte, budget_device_hours=cfg.search.budget.device_hours)
     return study

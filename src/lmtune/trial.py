@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from lmtune.config import ExperimentConfig, TrainConfig
-from lmtune.study import TrialContext
+from lmtune.strategies import Member, PopulationBasedTraining, SegmentJob, SegmentResult
+from lmtune.study import Study, TrialContext
 from lmtune.train.model import check_model, load_tokenizer
-from lmtune.train.trainer import PreparedData, Trainer, TrainResult
+from lmtune.train.trainer import MUTABLE_HPARAMS, PreparedData, Trainer, TrainResult
 
 
 def trial_train_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
@@ -63,3 +69,114 @@ class FineTuneObjective:
         if train_cfg.output_dir:
             trainer.save(train_cfg.output_dir, result)
         return {k: v for k, v in result.metrics.items() if k != "step"}
+
+
+def run_segment(cfg: ExperimentConfig, job: SegmentJob, tokenizer: Any, prepared: PreparedData,
+                progress: Callable[[int, int, float], None] | None = None) -> SegmentResult:
+    """One PBT segment as a real training run: resume the member's checkpoint, apply its (possibly explored)
+    hyperparameters, train to `job.until_step`, save the new checkpoint."""
+    start_cfg = trial_train_config(cfg.train, job.checkpoint_params or job.params)
+    trainer = Trainer(cfg.model, cfg.data, start_cfg, objective_metric=cfg.objective.metric,
+                      maximize=cfg.objective.direction == "maximize", prepared=prepared, tokenizer=tokenizer,
+                      progress=progress).setup()
+    before = None
+    if job.checkpoint_in is not None:
+        trainer.load_state(job.checkpoint_in)
+        if job.evaluate_first:
+            before = trainer.evaluate()
+        trainer.set_hparams({k: v for k, v in job.params.items()
+                             if k in MUTABLE_HPARAMS and v != getattr(start_cfg, k)})
+    first_step = trainer.step
+    result = trainer.train(until_step=job.until_step)
+    trainer.save_state(job.checkpoint_out)
+    return SegmentResult(metrics={k: v for k, v in result.metrics.items() if k != "step"},
+                         steps=trainer.step - first_step, planned_steps=trainer.total_steps, tokens=result.tokens,
+                         train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
+                         metrics_before=before)
+
+
+class SegmentRunner:
+    """Runs a generation of PBT segments in this process, or spread over local worker processes that each
+    keep their tokenizer and encoded data across segments."""
+
+    def __init__(self, objective: FineTuneObjective, workers: int = 1):
+        self.objective, self.workers = objective, workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __call__(self, jobs: list[SegmentJob]) -> list[SegmentResult]:
+        if self.workers == 1:
+            tokenizer, prepared = self.objective.prepare()
+            return [run_segment(self.objective.cfg, job, tokenizer, prepared, self.objective.progress)
+                    for job in jobs]
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker,
+                                             initargs=(self.objective.cfg.model_dump_json(), threads))
+        return list(self._pool.map(_run_segment_in_worker, jobs))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(cfg_json: str, threads: int) -> None:
+    import torch
+
+    from lmtune.study import quiet_libraries
+
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    _worker["objective"] = FineTuneObjective(ExperimentConfig.model_validate_json(cfg_json))
+
+
+def _run_segment_in_worker(job: SegmentJob) -> SegmentResult:
+    objective: FineTuneObjective = _worker["objective"]
+    tokenizer, prepared = objective.prepare()
+    return run_segment(objective.cfg, job, tokenizer, prepared)
+
+
+def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective) -> list[Member]:
+    """Population-based training on the study: the baseline runs first as an ordinary trial, then the
+    population; the best member's model is saved with save_pretrained and every checkpoint is removed."""
+    if any("pbt_member" in t.user_attrs for t in study.trials):
+        return []  # this study's population has run; a half-run population is not resumed
+    if study.baseline is not None:
+        study.optimize(objective, n_trials=1)
+    p = cfg.search.pbt
+    workdir = Path(p.checkpoint_dir or Path("lmtune_runs") / cfg.study_name / "pbt")
+    pbt = PopulationBasedTraining(study.space, MUTABLE_HPARAMS, p.population_size, p.segment_steps, p.quantile,
+                                  p.resample_probability, p.perturb_factors, cfg.search.seed)
+    runner = SegmentRunner(objective, p.workers)
+    try:
+        members = pbt.run(study.optuna, runner, workdir, cfg.objective.metric,
+                          maximize=cfg.objective.direction == "maximize")
+    finally:
+        runner.close()
+    finished = [m for m in members if m.score is not None]
+    if finished:
+        sign = 1 if cfg.objective.direction == "maximize" else -1
+        best = max(finished, key=lambda m: sign * m.score if m.score == m.score else -float("inf"))
+        out = export_member(cfg, best, workdir.parent / "best-model", objective)
+        study.optuna.set_user_attr("pbt", {"best_member": best.id, "best_trial": best.trial.number,
+                                           "best_model_dir": str(out.resolve())})
+    for m in members:
+        shutil.rmtree(workdir / f"member-{m.id}", ignore_errors=True)
+    return members
+
+
+def export_member(cfg: ExperimentConfig, member: Member, out: Path, objective: FineTuneObjective) -> Path:
+    """The member's final model (or adapter) and tokenizer via save_pretrained, with its schedule beside."""
+    tokenizer, prepared = objective.prepare()
+    trainer = Trainer(cfg.model, cfg.data, trial_train_config(cfg.train, member.checkpoint_params),
+                      prepared=prepared, tokenizer=tokenizer).setup()
+    assert member.checkpoint is not None
+    trainer.load_state(member.checkpoint)
+    trainer.save(out, TrainResult(metrics=member.metrics, steps=member.step, planned_steps=trainer.total_steps))
+    (out / "pbt_schedule.json").write_text(json.dumps({"schedule": member.schedule, "lineage": member.lineage},
+                                                      indent=2, default=str))
+    return out

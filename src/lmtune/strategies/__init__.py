@@ -5,7 +5,9 @@ derived from the declared space, combined strategies (``auto`` = TPE + Hyperband
 training, which Optuna does not have.
 """
 
+from lmtune.strategies._pbt import Member, PopulationBasedTraining, SegmentJob, SegmentResult
 from lmtune.strategies._pruners import COMBINED, PRUNERS, create_pruner, resolve
 from lmtune.strategies._samplers import STRATEGIES, create_sampler
 
-__all__ = ["COMBINED", "PRUNERS", "STRATEGIES", "create_pruner", "create_sampler", "resolve"]
+__all__ = ["COMBINED", "PRUNERS", "STRATEGIES", "Member", "PopulationBasedTraining", "SegmentJob", "SegmentResult",
+           "create_pruner", "create_sampler", "resolve"]

@@ -7,7 +7,8 @@ from lmtune.errors import ConfigError
 PRUNERS = ("none", "asha", "hyperband", "median")
 
 # What each combined strategy means: (sampler, pruner).
-COMBINED = {"auto": ("tpe", "hyperband"), "asha": ("random", "asha"), "hyperband": ("random", "hyperband")}
+COMBINED = {"auto": ("tpe", "hyperband"), "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
+            "pbt": ("random", "none")}
 
 
 def resolve(strategy: str, pruner: str | None) -> tuple[str, str]:

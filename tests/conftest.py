@@ -20,6 +20,7 @@ def small_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "study_name": "test",
         "storage": f"sqlite:///{tmp_path / 'study.db'}",
+        "output_dir": str(tmp_path / "runs"),
         "model": {"name_or_path": "builtin:micro"},
         "data": {"builtin": {"n_train": 300, "n_validation": 40, "n_test": 40}},
         "train": {"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 12, "eval_steps": 6,

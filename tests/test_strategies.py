@@ -116,7 +116,8 @@ def test_pbt_exploit_copies_real_weights_and_records_the_schedule(tmp_path):
     info = study.optuna.user_attrs["pbt"]
     model = AutoModelForCausalLM.from_pretrained(info["best_model_dir"])
     assert isinstance(model, torch.nn.Module)
-    saved = json.loads((tmp_path / "best-model" / "pbt_schedule.json").read_text())
+    assert info["best_model_dir"] == str((tmp_path / "runs" / "test" / "best-model").resolve())
+    saved = json.loads((tmp_path / "runs" / "test" / "best-model" / "pbt_schedule.json").read_text())
     assert saved["schedule"] == trials[info["best_trial"]].user_attrs["schedule"]
     assert len(tune(cfg).trials) == len(trials)  # a finished population is not run again
 

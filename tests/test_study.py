@@ -38,6 +38,21 @@ def test_study_stores_params_metrics_curve_cost_and_baseline(tmp_path):
     assert study_cost(loaded.trials)["fte"] == 3.0
 
 
+def test_only_the_best_model_is_kept_and_it_reproduces_its_validation_loss(tmp_path):
+    study = tune(small_config(tmp_path, search={"strategy": "random", "n_trials": 4, "seed": 3, "space": {
+        "learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}}}))
+    kept = study.optuna.user_attrs["best_model"]
+    assert kept["trial"] == study.best_trial.number
+    runs = tmp_path / "runs" / "test"
+    assert [p.name for p in runs.iterdir()] == ["best-model"]  # non-best models were removed
+    # The saved model loads through the user-facing path and scores what the trial scored.
+    cfg = validate_config(small_config(tmp_path, model={"name_or_path": kept["dir"]}))
+    from lmtune.train.trainer import Trainer
+
+    loss = Trainer(cfg.model, cfg.data, cfg.train).setup().evaluate()["eval_loss"]
+    assert loss == pytest.approx(study.best_trial.value, rel=1e-5)
+
+
 def test_rerun_resumes_and_counts_trials_already_done(tmp_path):
     cfg = small_config(tmp_path)
     tune(cfg)

@@ -233,7 +233,7 @@ class PBTConfig(_Strict):
     resample_probability: float = Field(0.25, ge=0, le=1)
     perturb_factors: list[float] = Field([0.8, 1.2], min_length=1)
     workers: int = Field(1, ge=1, description="local processes training members in parallel")
-    checkpoint_dir: str | None = Field(None, description="default: lmtune_runs/<study_name>/pbt")
+    checkpoint_dir: str | None = Field(None, description="default: <output_dir>/<study_name>/pbt")
 
 
 class SearchConfig(_Strict):
@@ -316,6 +316,7 @@ class ObjectiveConfig(_Strict):
 class ExperimentConfig(_Strict):
     study_name: str = Field("lmtune", min_length=1)
     storage: str = "sqlite:///lmtune.db"
+    output_dir: str = Field("lmtune_runs", description="<output_dir>/<study_name>/ holds the best model")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -430,3 +431,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"invalid YAML in {p}{where}: {problem}; fix the syntax there") from None
     return validate_config(data, str(p), p.parent.resolve())
+
+
+def run_dir(cfg: ExperimentConfig) -> Path:
+    """Where a study keeps its files: the best model, PBT checkpoints, selection results."""
+    return Path(cfg.output_dir) / cfg.study_name

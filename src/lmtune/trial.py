@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -11,9 +12,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import optuna
 from pydantic import ValidationError
 
-from lmtune.config import ExperimentConfig, TrainConfig
+from lmtune.config import ExperimentConfig, TrainConfig, run_dir
 from lmtune.strategies import Member, PopulationBasedTraining, SegmentJob, SegmentResult
 from lmtune.study import Study, TrialContext
 from lmtune.train.model import check_model, load_tokenizer
@@ -68,7 +70,33 @@ class FineTuneObjective:
             ctx.set("stop_reason", result.stop_reason)
         if train_cfg.output_dir:
             trainer.save(train_cfg.output_dir, result)
+        value = result.metrics[cfg.objective.metric]
+        if not ctx.pruned and _beats_study_best(ctx.trial.study, value):
+            keep_best_model(ctx.trial.study, trainer, result, ctx.number, run_dir(cfg) / "best-model")
         return {k: v for k, v in result.metrics.items() if k != "step"}
+
+
+def _beats_study_best(study: optuna.Study, value: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    try:
+        best = study.best_value
+    except ValueError:
+        return True
+    return value > best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value < best
+
+
+def keep_best_model(study: optuna.Study, trainer: Trainer, result: TrainResult, trial_number: int,
+                    path: Path) -> Path:
+    """Save this run's model over the previous best, so exactly one model (the best) stays on disk."""
+    tmp = path.with_name(f"{path.name}.tmp-{trial_number}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save(tmp, result)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    study.set_user_attr("best_model", {"trial": trial_number, "dir": str(path.resolve()),
+                                       "metrics": {k: v for k, v in result.metrics.items() if k != "step"}})
+    return path
 
 
 def run_segment(cfg: ExperimentConfig, job: SegmentJob, tokenizer: Any, prepared: PreparedData,
@@ -148,7 +176,7 @@ def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective) -
     if study.baseline is not None:
         study.optimize(objective, n_trials=1)
     p = cfg.search.pbt
-    workdir = Path(p.checkpoint_dir or Path("lmtune_runs") / cfg.study_name / "pbt")
+    workdir = Path(p.checkpoint_dir) if p.checkpoint_dir else run_dir(cfg) / "pbt"
     pbt = PopulationBasedTraining(study.space, MUTABLE_HPARAMS, p.population_size, p.segment_steps, p.quantile,
                                   p.resample_probability, p.perturb_factors, cfg.search.seed)
     runner = SegmentRunner(objective, p.workers)
@@ -161,9 +189,11 @@ def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective) -
     if finished:
         sign = 1 if cfg.objective.direction == "maximize" else -1
         best = max(finished, key=lambda m: sign * m.score if m.score == m.score else -float("inf"))
-        out = export_member(cfg, best, workdir.parent / "best-model", objective)
+        out = export_member(cfg, best, run_dir(cfg) / "best-model", objective)
         study.optuna.set_user_attr("pbt", {"best_member": best.id, "best_trial": best.trial.number,
                                            "best_model_dir": str(out.resolve())})
+        study.optuna.set_user_attr("best_model", {"trial": best.trial.number, "dir": str(out.resolve()),
+                                                  "metrics": best.metrics})
     for m in members:
         shutil.rmtree(workdir / f"member-{m.id}", ignore_errors=True)
     return members

@@ -16,8 +16,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	$(VENV)/bin/lmtune run examples/quickstart.yaml
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed /usr/bin/chromium
 	$(PY) -m pytest -q
+
+# Headless Chromium renders the HTML report in tests (Debian packages; no browser download).
+/usr/bin/chromium:
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

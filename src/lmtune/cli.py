@@ -258,3 +258,36 @@ def best(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOp
         print_best(_open(config, storage, study), output)
     except LmtuneError as e:
         _fail(e)
+
+
+@app.command()
+def report(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOpt = None,
+           output: Annotated[Path, typer.Option("-o", "--output", help="the HTML file to write")] = Path(
+               "report.html"),
+           png: Annotated[Path | None, typer.Option("--png", help="also write each plot as PNG in this folder "
+                                                                  "(needs Chromium)")] = None) -> None:
+    """Write a self-contained HTML report of a study: summary, baseline vs tuned, curves, importance, cost."""
+    from lmtune.report import build_report
+
+    try:
+        path = build_report(_open(config, storage, study), output, png_dir=png)
+        console.print(f"report written to {path}" + (f", plots as PNG in {png}" if png is not None else ""))
+    except LmtuneError as e:
+        _fail(e)
+
+
+@app.command()
+def dashboard(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOpt = None,
+              port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8080) -> None:
+    """Start optuna-dashboard on the study's storage, on 127.0.0.1 only; prints the URL, runs until Ctrl-C."""
+    from lmtune.report.dashboard import serve
+
+    try:
+        url, name = storage or "sqlite:///lmtune.db", study
+        if config is not None:
+            cfg = _load(config, storage, study)
+            url, name = cfg.storage, cfg.study_name
+        serve(url, name, port=port,
+              announce=lambda u: console.print(f"optuna-dashboard: {u}  (Ctrl-C to stop)", highlight=False))
+    except LmtuneError as e:
+        _fail(e)

@@ -313,6 +313,22 @@ class ObjectiveConfig(_Strict):
         return self
 
 
+class SelectConfig(_Strict):
+    """The selection phase: re-train the top-k configs (and the baseline) with several seeds, score on test."""
+
+    top_k: int = Field(3, ge=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    rule: Literal["mean", "pessimistic"] = Field("mean", description="pessimistic = mean one std towards worse")
+    include_baseline: bool = True
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds {v} repeat a seed; give distinct seeds")
+        return v
+
+
 class ExperimentConfig(_Strict):
     study_name: str = Field("lmtune", min_length=1)
     storage: str = "sqlite:///lmtune.db"
@@ -322,6 +338,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    select: SelectConfig | None = Field(None, description="run the selection phase after the search")
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,9 @@ Pure functions over Optuna's frozen trials, so the CLI, the Python API and later
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -75,39 +77,83 @@ class Comparison:
     improved: bool
 
 
+def tuned_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The final pick: the selection phase's robust winner when it ran, else the search's best trial."""
+    selection = study.user_attrs.get("selection")
+    if selection:
+        return study.get_trials(deepcopy=False)[selection["winner"]]
+    return best_trial(study)
+
+
 def compare(study: optuna.Study) -> Comparison | None:
+    """Baseline vs tuned: differing hyperparameters, validation metrics, test metrics (from the selection
+    phase, mean ± std over its seeds) and cost; the verdict uses test data when there is any."""
     trials = study.get_trials(deepcopy=False)
-    base, best = baseline_trial(trials), best_trial(study)
-    if best is None:
+    base, tuned = baseline_trial(trials), tuned_trial(study)
+    if tuned is None:
         return None
     metric = metric_of(study)
     rows: list[tuple[str, Any, Any]] = []
-    b_h, t_h = (base.user_attrs.get("hparams", {}) if base else {}), best.user_attrs.get("hparams", {})
+    b_h, t_h = (base.user_attrs.get("hparams", {}) if base else {}), tuned.user_attrs.get("hparams", {})
     for key in SEARCHABLE:
         if key in t_h and b_h.get(key) != t_h.get(key):
             rows.append((key, b_h.get(key), t_h.get(key)))
     b_m = base.user_attrs.get("metrics", {}) if base else {}
-    t_m = best.user_attrs.get("metrics", {})
+    t_m = tuned.user_attrs.get("metrics", {})
     for key in dict.fromkeys((metric, *SHOWN_METRICS)):
         if key in t_m:
-            rows.append((key, b_m.get(key), t_m[key]))
-    rows.append(("cost (FTE)", cost_of(base).get("fte") if base else None, cost_of(best).get("fte")))
+            rows.append((f"validation {key}", b_m.get(key), t_m[key]))
+    selection = study.user_attrs.get("selection")
+    test = {r["trial"]: r for r in selection["candidates"]} if selection else {}
+    if test:
+        def fmt(r: dict[str, Any] | None) -> str | None:
+            return None if r is None else f"{r['test_mean']:.4g} ± {r['test_std']:.3g}"
+
+        n = len(next(iter(test.values()))["per_seed"])
+        rows.append((f"test {metric} ({n} seeds)", fmt(test.get(base.number) if base else None),
+                     fmt(test.get(tuned.number))))
+    rows.append(("cost (FTE)", cost_of(base).get("fte") if base else None, cost_of(tuned).get("fte")))
+    rows.append(("cost (seconds)", cost_of(base).get("wall_seconds") if base else None,
+                 cost_of(tuned).get("wall_seconds")))
     if base is None:
         return Comparison(rows, "no baseline trial in this study (search.baseline was off)", False)
     if base.state != TrialState.COMPLETE or base.value is None:
         return Comparison(rows, f"the baseline trial did not complete ({base.state.name.lower()}: "
                                 f"{base.user_attrs.get('fail_reason', 'no reason recorded')})", True)
-    if best.number == base.number:
-        return Comparison(rows, f"the baseline is already the best configuration ({metric} = {base.value:.4g})",
-                          False)
-    gain = best.value - base.value if best.value is not None else 0.0
-    return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {best.value:.4g} "
-                            f"({gain:+.4g}), trial {best.number}", True)
+    if tuned.number == base.number:
+        where = "on test data" if test else f"({metric} = {base.value:.4g})"
+        return Comparison(rows, f"the baseline is already the best configuration {where}", False)
+    if test and base.number in test:
+        b, t = test[base.number]["test_mean"], test[tuned.number]["test_mean"]
+        return Comparison(rows, f"tuned beats the baseline on test data: {metric} {b:.4g} -> {t:.4g} "
+                                f"({t - b:+.4g}), trial {tuned.number}", True)
+    gain = tuned.value - base.value if tuned.value is not None else 0.0
+    return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {tuned.value:.4g} "
+                            f"({gain:+.4g}), trial {tuned.number}", True)
+
+
+def write_comparison(comp: Comparison, stem: Path) -> list[Path]:
+    """The baseline-vs-tuned table as Markdown and CSV (`stem`.md, `stem`.csv), ready to paste in a report."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    md = ["| | baseline | tuned |", "| --- | --- | --- |"]
+    md += [f"| {name} | {cell(b)} | {cell(t)} |" for name, b, t in comp.rows]
+    md += ["", comp.verdict, ""]
+    md_path, csv_path = stem.with_suffix(".md"), stem.with_suffix(".csv")
+    md_path.write_text("\n".join(md))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "baseline", "tuned"])
+        writer.writerows([name, cell(b), cell(t)] for name, b, t in comp.rows)
+    return [md_path, csv_path]
 
 
 def best_config(study: optuna.Study) -> dict[str, Any]:
-    """The study's stored config with `train:` set to the best trial's hyperparameters: rerunnable as is."""
-    best = best_trial(study)
+    """The study's stored config with `train:` set to the tuned trial's hyperparameters: rerunnable as is."""
+    best = tuned_trial(study)
     if best is None:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
     cfg = dict(study.user_attrs.get("config") or {})

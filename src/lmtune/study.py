@@ -233,9 +233,14 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
             frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
             for callback in callbacks:
                 callback(study.optuna, frozen)
-        return study
-    study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks,
-                   budget_fte=cfg.search.budget.fte, budget_device_hours=cfg.search.budget.device_hours)
+    else:
+        study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks,
+                       budget_fte=cfg.search.budget.fte, budget_device_hours=cfg.search.budget.device_hours)
+    if cfg.select is not None:
+        from lmtune.select import run_selection, selection_is_current
+
+        if not selection_is_current(cfg, study.optuna):
+            run_selection(cfg, study.optuna, objective)
     return study
 
 

@@ -1,0 +1,448 @@
+"""B1: full-training equivalents (FTE) each strategy spends to reach within 1 % of the oracle on the built-in task.
+
+Task: `builtin:tiny` on the built-in synthetic tasks (3,000 train / 200 validation rows, data seed 0), batch 32,
+`--steps` optimizer steps (default 120), warm-up 10 %, evaluation every 25 steps on all 200 validation rows,
+training seed 42. Objective: validation exact match of greedy answers (maximize). Space, the same for everyone:
+`learning_rate` log-uniform in [1e-4, 3e-2] and `lr_scheduler_type` in {linear, cosine, constant_with_warmup}.
+
+- Oracle: 8 log-spaced learning rates x 3 schedulers = 24 configs, each trained with seeds 42, 43 and 44 by
+  lmtune's `Trainer`; oracle = best mean exact match. Stored in `bench/b1_oracle.json` with the command that
+  made it, and reused (``--recompute-oracle`` to redo it). Target = 0.99 x oracle.
+- A run reaches the target when a trial trained to full length (not pruned) scores >= target; its cost is the
+  study's cumulative FTE (trial optimizer steps / full-run steps, pruned trials' partial steps included) at that
+  trial's completion. Each run is capped at ``--cap`` FTE (a trial started under the cap may finish past it);
+  an unreached run counts as "> cap". lmtune studies run through `lmtune.tune()` with `search.baseline: false`
+  and `search.budget.fte = cap`, and a callback stops them once the target is reached.
+- ``grid`` is lmtune's grid strategy over the 24 oracle points (GridSampler order shuffled by search.seed). Its
+  trials are replayed from the oracle's seed-42 runs (training here is deterministic: same metrics with 1 or 2
+  threads, and ``--grid-verify`` trials are re-trained through `lmtune.tune()` and compared).
+- ``pbt``: 8 members, 25-step segments, quantile 0.25; cost 8 FTE; reached when the best member's final score
+  >= target.
+- ``hf``: `transformers.Trainer.hyperparameter_search(backend="optuna")` on the same model weights, encoded data,
+  batch, steps, warm-up and evaluation schedule, with Optuna's default pruner (MedianPruner) as users get it and
+  `sampler=TPESampler(seed=s)`; exact match is added to HF's evaluation by lmtune's generation code.
+- ``asha@50`` / ``auto@50``: the pruning strategies with ``search.min_resource`` 50 instead of ``--min-resource``.
+
+Every run writes its own SQLite study under ``--workdir`` and its trial list to ``<workdir>/results.json``, so
+a re-run only trains what is missing and then prints the table.
+
+    .venv/bin/python bench/b1_builtin.py                                  # everything, seeds 0,1,2
+    .venv/bin/python bench/b1_builtin.py --strategies asha,hf --seeds 0,1,2,3,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+LR_LOW, LR_HIGH = 1e-4, 3e-2
+SCHEDULERS = ["linear", "cosine", "constant_with_warmup"]
+ORACLE_SEEDS = (42, 43, 44)
+ALL = "random,grid,tpe,auto,asha,pbt,hf"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def grid_lrs() -> list[float]:
+    n = 8
+    return [float(f"{math.exp(math.log(LR_LOW) + i * (math.log(LR_HIGH) - math.log(LR_LOW)) / (n - 1)):.3g}")
+            for i in range(n)]
+
+
+def key(lr: float, sched: str) -> str:
+    return f"{lr:.3g}|{sched}"
+
+
+def base_config(args: argparse.Namespace, name: str = "b1", storage: str = "sqlite:///:memory:") -> dict[str, Any]:
+    return {
+        "study_name": name,
+        "storage": storage,
+        "output_dir": str(args.workdir / "runs"),  # lmtune keeps each study's best model there
+        "model": {"name_or_path": "builtin:tiny"},
+        "data": {"builtin": {"n_train": 3000, "n_validation": 200, "n_test": 200, "seed": 0}},
+        "train": {"per_device_train_batch_size": 32, "max_steps": args.steps, "eval_steps": 25,
+                  "eval_max_samples": 200, "warmup_ratio": 0.1, "seed": 42, "learning_rate": 1e-3,
+                  "lr_scheduler_type": "linear", "torch_num_threads": args.threads, "device": "cpu"},
+        "search": {"baseline": False, "seed": 0, "n_trials": 500, "budget": {"fte": args.cap},
+                   "space": {"learning_rate": {"low": LR_LOW, "high": LR_HIGH, "log": True},
+                             "lr_scheduler_type": SCHEDULERS}},
+        "objective": {"metric": "exact_match", "direction": "maximize"},
+    }
+
+
+class Shared:
+    """Tokenizer and encoded data, built once for the whole benchmark process."""
+
+    def __init__(self, args: argparse.Namespace):
+        from lmtune.config import validate_config
+        from lmtune.train.model import load_tokenizer
+        from lmtune.train.trainer import PreparedData
+
+        self.cfg = validate_config(base_config(args))
+        self.tokenizer = load_tokenizer(self.cfg.model)
+        self.prepared = PreparedData.build(self.cfg.data, self.tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------------ oracle
+def compute_oracle(args: argparse.Namespace, shared: Shared, path: Path) -> dict[str, Any]:
+    """Train every grid config with every oracle seed (seed 42 first for all configs); saved after each run."""
+    from lmtune.train.trainer import Trainer
+    from lmtune.trial import trial_train_config
+
+    data: dict[str, Any] = {}
+    if path.exists() and not args.recompute_oracle:
+        data = json.loads(path.read_text())
+    if data.get("steps") != args.steps:
+        data = {}
+    data.update(steps=args.steps, task=base_config(args)["train"] | {"data": "builtin 3000/200"},
+                grid={"learning_rate": grid_lrs(), "lr_scheduler_type": SCHEDULERS})
+    runs: dict[str, dict[str, Any]] = data.setdefault("runs", {})
+    todo = [(seed, lr, s) for seed in ORACLE_SEEDS for lr in grid_lrs() for s in SCHEDULERS
+            if str(seed) not in runs.get(key(lr, s), {})]
+    if todo:  # the command that trained (part of) the oracle
+        data["command"] = args.command
+        data["date"] = datetime.date.today().isoformat()
+    t_start = time.perf_counter()
+    for i, (seed, lr, sched) in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        tcfg = trial_train_config(shared.cfg.train, {"learning_rate": lr, "lr_scheduler_type": sched, "seed": seed})
+        trainer = Trainer(shared.cfg.model, shared.cfg.data, tcfg, objective_metric="exact_match", maximize=True,
+                          prepared=shared.prepared, tokenizer=shared.tokenizer).setup()
+        result = trainer.train()
+        curve = [[int(h["step"]), h["exact_match"]] for h in result.history]
+        runs.setdefault(key(lr, sched), {})[str(seed)] = {"exact_match": result.metrics["exact_match"],
+                                                          "curve": curve}
+        data.setdefault("seconds", 0.0)
+        data["seconds"] += time.perf_counter() - t0
+        path.write_text(json.dumps(data, indent=1))
+        log(f"oracle {i}/{len(todo)} lr={lr:.3g} {sched} seed={seed}: exact_match "
+            f"{result.metrics['exact_match']:.3f} ({time.perf_counter() - t0:.1f}s, "
+            f"{time.perf_counter() - t_start:.0f}s total)")
+    configs = []
+    for lr in grid_lrs():
+        for s in SCHEDULERS:
+            per_seed = runs[key(lr, s)]
+            configs.append({"learning_rate": lr, "lr_scheduler_type": s,
+                            "exact_match": {k: v["exact_match"] for k, v in per_seed.items()},
+                            "mean": statistics.fmean(v["exact_match"] for v in per_seed.values())})
+    best = max(configs, key=lambda c: c["mean"])
+    data.update(configs=configs, best=best, oracle=best["mean"])
+    path.write_text(json.dumps(data, indent=1))
+    return data
+
+
+# ------------------------------------------------------------------------------------------------------ runs
+def parse_strategy(spec: str, args: argparse.Namespace) -> tuple[str, int]:
+    name, _, mr = spec.partition("@")
+    return name, int(mr) if mr else args.min_resource
+
+
+def lmtune_config(spec: str, seed: int, args: argparse.Namespace, db: Path) -> dict[str, Any]:
+    name, min_resource = parse_strategy(spec, args)
+    cfg = base_config(args, f"b1-{spec}-s{seed}", f"sqlite:///{db}")
+    search = cfg["search"]
+    search.update(strategy=name, seed=seed)
+    if name in ("asha", "auto", "hyperband"):
+        search.update(min_resource=min_resource, reduction_factor=3)
+    if name in ("tpe", "auto", "gp"):
+        search["n_startup_trials"] = 5
+    if name == "grid":
+        search["space"]["learning_rate"]["values"] = grid_lrs()
+    if name == "pbt":
+        search.pop("budget")
+        search["pbt"] = {"population_size": 8, "segment_steps": 25, "quantile": 0.25,
+                         "checkpoint_dir": str(args.workdir / f"pbt-s{seed}" / "ckpt")}
+    return cfg
+
+
+def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for t in sorted(trials, key=lambda t: (t.datetime_complete or datetime.datetime.max, t.number)):
+        if not t.state.is_finished():
+            continue
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "fte": float((t.user_attrs.get("cost") or {}).get("fte", 0.0)), "params": t.params})
+    return rows
+
+
+def run_lmtune(spec: str, seed: int, args: argparse.Namespace, target: float) -> list[dict[str, Any]]:
+    from lmtune import tune
+
+    db = args.workdir / f"{spec}-s{seed}.db"
+    db.unlink(missing_ok=True)
+    cfg = lmtune_config(spec, seed, args, db)
+    spent = [0.0]
+    t0 = time.perf_counter()
+
+    def on_trial(study: Any, trial: Any) -> None:
+        spent[0] += float((trial.user_attrs.get("cost") or {}).get("fte", 0.0))
+        value = trial.value if trial.value is not None else (trial.user_attrs.get("metrics") or {}).get(
+            "exact_match", float("nan"))
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        log(f"  {spec} s{seed} trial {trial.number} {trial.state.name.lower()} exact_match={value:.3f} "
+            f"[{params}] spent {spent[0]:.2f} FTE ({time.perf_counter() - t0:.0f}s)")
+        if spec != "pbt" and trial.state.name == "COMPLETE" and trial.value >= target:
+            study.stop()
+
+    study = tune(cfg, callbacks=[on_trial])
+    return trial_rows(study.trials)
+
+
+def run_grid_replay(seed: int, args: argparse.Namespace, oracle: dict[str, Any], target: float,
+                    shared: Shared) -> list[dict[str, Any]]:
+    """lmtune's grid strategy (a real Study with lmtune's GridSampler), trials answered from the oracle's seed-42
+    runs instead of training again; the first ``--grid-verify`` trials are also trained for real and compared."""
+    from lmtune import Study
+    from lmtune.study import open_study
+    from lmtune.trial import FineTuneObjective
+
+    db = args.workdir / f"grid-s{seed}.db"
+    db.unlink(missing_ok=True)
+    cfg_dict = lmtune_config("grid", seed, args, db)
+    from lmtune.config import validate_config
+
+    cfg = validate_config(cfg_dict)
+    study: Study = open_study(cfg)
+    real = FineTuneObjective(cfg)
+    real._tokenizer, real._prepared = shared.tokenizer, shared.prepared
+    checked, mismatch = [0], []
+
+    def objective(ctx: Any) -> dict[str, float]:
+        run = oracle["runs"][key(ctx.params["learning_rate"], ctx.params["lr_scheduler_type"])]["42"]
+        if checked[0] < args.grid_verify:
+            checked[0] += 1
+            fresh = real(ctx)["exact_match"]
+            log(f"  grid verify: lmtune.tune trial {ctx.number} {ctx.params} -> {fresh:.4f}, oracle seed 42 "
+                f"{run['exact_match']:.4f} ({'same' if fresh == run['exact_match'] else 'DIFFERENT'})")
+            if fresh != run["exact_match"]:
+                mismatch.append((ctx.params, fresh, run["exact_match"]))
+                raise RuntimeError("training is not deterministic here; grid cannot be replayed")
+        ctx.set("cost", {"fte": 1.0, "steps": args.steps, "planned_steps": args.steps, "replayed": True})
+        return {"exact_match": run["exact_match"]}
+
+    def on_trial(st: Any, trial: Any) -> None:
+        if trial.state.name == "COMPLETE" and trial.value >= target:
+            st.stop()
+
+    study.optimize(objective, n_trials=cfg.search.n_trials, callbacks=[on_trial], budget_fte=args.cap)
+    if mismatch:
+        raise SystemExit(f"grid replay refused: a re-trained grid point differs from the oracle run: {mismatch}")
+    return trial_rows(study.trials)
+
+
+def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -> list[dict[str, Any]]:
+    import optuna
+    from transformers import PrinterCallback, TrainingArguments
+    from transformers import Trainer as HFTrainer
+
+    from lmtune.train.data import Encoded, collate
+    from lmtune.train.model import load_model
+    from lmtune.train.trainer import Trainer as LmtuneTrainer
+
+    cfg, tok, prepared = shared.cfg, shared.tokenizer, shared.prepared
+    validation = prepared.validation[: cfg.train.eval_max_samples]
+
+    class EncodedDataset(torch.utils.data.Dataset):
+        def __init__(self, examples: list[Encoded]):
+            self.examples = examples
+
+        def __len__(self) -> int:
+            return len(self.examples)
+
+        def __getitem__(self, i: int) -> dict[str, list[int]]:
+            return {"input_ids": self.examples[i].input_ids, "labels": self.examples[i].labels}
+
+    def collator(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return collate([Encoded(f["input_ids"], f["labels"]) for f in features], tok.pad_token_id)
+
+    # lmtune's generation code, on whatever model the HF trainer holds.
+    gen = LmtuneTrainer(cfg.model, cfg.data, cfg.train, prepared=prepared, tokenizer=tok)
+    gen.device, gen.amp_dtype = torch.device("cpu"), None
+    steps_of: dict[int, int] = {}
+    t0 = time.perf_counter()
+
+    def spent_fte() -> float:
+        return sum(s / args.steps for s in steps_of.values())
+
+    class ExactMatchTrainer(HFTrainer):
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                     metric_key_prefix: str = "eval") -> dict[str, float]:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            gen.model = self.model
+            self.model.eval()
+            with torch.no_grad():
+                em = gen._generation_metrics(validation)["exact_match"]
+            self.model.train()
+            metrics[f"{metric_key_prefix}_exact_match"] = em
+            trial, step = self._trial, self.state.global_step
+            if trial is not None:
+                steps_of[trial.number] = step
+                log(f"  hf s{seed} trial {trial.number} step {step} exact_match={em:.3f} [{trial.params}] "
+                    f"spent {spent_fte():.2f} FTE ({time.perf_counter() - t0:.0f}s)")
+                if (step >= args.steps and em >= target) or spent_fte() >= args.cap:
+                    trial.study.stop()  # takes effect when this trial ends (completed or pruned)
+            return metrics
+
+    def model_init(trial: Any = None) -> Any:
+        return load_model(cfg.model, cfg.train)
+
+    def hp_space(trial: Any) -> dict[str, Any]:
+        return {"learning_rate": trial.suggest_float("learning_rate", LR_LOW, LR_HIGH, log=True),
+                "lr_scheduler_type": trial.suggest_categorical("lr_scheduler_type", SCHEDULERS)}
+
+    t = cfg.train
+    out = args.workdir / f"hf-s{seed}"
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size, max_steps=args.steps,
+        learning_rate=t.learning_rate, lr_scheduler_type="linear", warmup_steps=t.warmup_ratio, optim="adamw_torch",
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed, eval_strategy="steps",
+        eval_steps=t.eval_steps, save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
+        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, prediction_loss_only=True,
+    )
+    trainer = ExactMatchTrainer(model_init=model_init, args=targs, train_dataset=EncodedDataset(prepared.train),
+                                eval_dataset=EncodedDataset(prepared.validation), data_collator=collator)
+    trainer.remove_callback(PrinterCallback)
+    db = args.workdir / f"hf-s{seed}.db"
+    db.unlink(missing_ok=True)
+    name = f"b1-hf-s{seed}"
+    trainer.hyperparameter_search(
+        hp_space=hp_space, compute_objective=lambda m: m["eval_exact_match"], n_trials=500, direction="maximize",
+        backend="optuna", sampler=optuna.samplers.TPESampler(seed=seed), storage=f"sqlite:///{db}", study_name=name)
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    rows = []
+    for tr in sorted(study.trials, key=lambda t: (t.datetime_complete or datetime.datetime.max, t.number)):
+        if tr.state.is_finished():
+            rows.append({"number": tr.number, "state": tr.state.name, "value": tr.value,
+                         "fte": steps_of.get(tr.number, 0) / args.steps, "params": tr.params})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+def summarize(rows: list[dict[str, Any]], target: float, pbt: bool) -> dict[str, Any]:
+    complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    best = max((r["value"] for r in complete), default=float("nan"))
+    total = sum(r["fte"] for r in rows)
+    if pbt:
+        return {"fte": total if best >= target else None, "best": best, "spent": total, "trials": len(rows)}
+    spent = 0.0
+    for r in rows:
+        spent += r["fte"]
+        if r["state"] == "COMPLETE" and r["value"] is not None and r["value"] >= target:
+            return {"fte": spent, "best": best, "spent": total, "trials": len(rows)}
+    return {"fte": None, "best": best, "spent": total, "trials": len(rows)}
+
+
+def fmt_fte(x: float | None, cap: float, pbt: bool = False) -> str:
+    if x is None:
+        return "missed (8 spent)" if pbt else f">{cap:g}"
+    return f"{x:.2f}"
+
+
+def table(results: dict[str, Any], specs: list[str], seeds: list[int], target: float, cap: float) -> str:
+    lines = ["| strategy | FTE to target (seed " + ", ".join(map(str, seeds)) + ") | median | min–max | reached "
+             "| best exact_match found (per seed) | trials run | FTE spent | wall s |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for spec in specs:
+        runs = [results.get(f"{spec}|{s}") for s in seeds]
+        if any(r is None for r in runs):
+            continue
+        sums = [summarize(r["rows"], target, spec == "pbt") for r in runs]
+        ftes = sorted((s["fte"] if s["fte"] is not None else math.inf) for s in sums)
+        med = statistics.median(ftes)
+        reached = [f for f in ftes if math.isfinite(f)]
+        lo = f"{min(reached):.2f}" if reached else "–"
+        hi = f"{max(ftes):.2f}" if math.isfinite(max(ftes)) else "missed" if spec == "pbt" else f">{cap:g}"
+        label = {"hf": "HF hyperparameter_search (optuna)", "grid": "grid (replayed)"}.get(spec, spec)
+        lines.append(
+            f"| {label} | {', '.join(fmt_fte(s['fte'], cap, spec == 'pbt') for s in sums)} | "
+            f"{fmt_fte(med if math.isfinite(med) else None, cap)} | {lo}–{hi} | {len(reached)}/{len(seeds)} | "
+            f"{', '.join(format(s['best'], '.3f') for s in sums)} | {sum(s['trials'] for s in sums)} | "
+            f"{sum(s['spent'] for s in sums):.1f} | {sum(r['seconds'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--strategies", default=ALL, help=f"comma list from {ALL}, asha@50, auto@50 (default: all)")
+    p.add_argument("--seeds", default="0,1,2", help="search seeds (the HF sampler seed for hf)")
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps of a full-length run")
+    p.add_argument("--cap", type=float, default=12.0, help="FTE cap per run")
+    p.add_argument("--min-resource", type=int, default=25, help="pruning strategies: steps before the first rung")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--grid-verify", type=int, default=1, help="grid trials trained for real to check the replay")
+    p.add_argument("--recompute-oracle", action="store_true")
+    p.add_argument("--oracle-file", type=Path, default=HERE / "b1_oracle.json")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b1"))
+    p.add_argument("--rerun", action="store_true", help="train runs again even if results.json holds them")
+    args = p.parse_args()
+    args.command = ".venv/bin/python bench/b1_builtin.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+
+    from lmtune.study import quiet_libraries
+
+    quiet_libraries()
+    shared = Shared(args)
+    oracle = compute_oracle(args, shared, args.oracle_file)
+    target = 0.99 * oracle["oracle"]
+    best = oracle["best"]
+    log(f"oracle {oracle['oracle']:.4f} (lr={best['learning_rate']:.3g}, {best['lr_scheduler_type']}); "
+        f"target {target:.4f}")
+
+    specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    res_path = args.workdir / "results.json"
+    results: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {}
+    tag = f"steps={args.steps} cap={args.cap:g} target={target:.6f} min_resource={args.min_resource}"
+    if results.get("_tag") != tag:
+        results = {"_tag": tag}
+    for spec in specs:
+        for seed in seeds:
+            k = f"{spec}|{seed}"
+            if k in results and not args.rerun:
+                continue
+            log(f"run {spec} seed {seed}")
+            t0 = time.perf_counter()
+            if spec == "hf":
+                rows = run_hf(seed, args, target, shared)
+            elif spec == "grid":
+                rows = run_grid_replay(seed, args, oracle, target, shared)
+            else:
+                rows = run_lmtune(spec, seed, args, target)
+            results[k] = {"rows": rows, "seconds": time.perf_counter() - t0}
+            res_path.write_text(json.dumps(results, indent=1))
+            s = summarize(rows, target, spec == "pbt")
+            log(f"done {spec} seed {seed}: FTE to target {fmt_fte(s['fte'], args.cap)}, best {s['best']:.3f}, "
+                f"{len(rows)} trials, {time.perf_counter() - t0:.0f}s")
+
+    print()
+    print(f"Oracle (best mean exact_match over seeds {', '.join(map(str, ORACLE_SEEDS))} on the 24-point grid): "
+          f"{oracle['oracle']:.4f} at learning_rate={best['learning_rate']:.3g}, {best['lr_scheduler_type']} "
+          f"(per seed {best['exact_match']}); target = 0.99 x oracle = {target:.4f}")
+    top = sorted(oracle["configs"], key=lambda c: -c["mean"])[:5]
+    print("Top oracle configs: " + "; ".join(f"lr={c['learning_rate']:.3g} {c['lr_scheduler_type']} "
+                                             f"{c['mean']:.4f}" for c in top))
+    print()
+    print(table(results, specs, seeds, target, args.cap))
+    print(f"\n{args.command}\ntotal wall time of this invocation: {time.perf_counter() - t_all:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""B2: lmtune's strategies on the LCBench surrogate (YAHPO Gym), through `lmtune.Study` with a user objective.
+
+Each run tunes the 7 LCBench hyperparameters of one OpenML task for `--budget` full-training equivalents (FTE,
+1 FTE = 52 epochs; every evaluated epoch counts). The objective reveals epochs 1..52 of the surrogate's learning
+curve in order, calls `ctx.report(epoch, ...)` at each and stops as soon as the strategy says so. A configuration
+counts for the incumbent only once it was evaluated at epoch 52 (as the surrogate's README asks); the incumbent
+trajectory is read at the budget checkpoints 1, 2, 5, 10, 20, 30 FTE.
+
+Normalized regret (%) = 100 * (ref - best) / ref, with ref per task = the max of the two reference columns of
+reference_optima.csv and of every epoch-52 value any run in --out found.
+
+DEHB (pip `dehb`) runs through its own ask/tell API (min_fidelity 1, max_fidelity 52, eta 3; fidelities rounded
+to whole epochs, each evaluation trains from scratch and costs its fidelity in epochs). `dehb` pins numpy<2, so
+it lives in its own venv (`python -m venv V && V/bin/python -m pip install dehb onnxruntime`); the same script
+runs there (it imports lmtune only for lmtune's strategies). The commands behind BENCHMARKS.md:
+
+    .venv/bin/python bench/lcbench.py --seeds 50 --strategies random,tpe,auto,asha,hyperband --jobs 2
+    /work/lcbench-dehb-venv/bin/python bench/lcbench.py --seeds 50 --strategies dehb
+    .venv/bin/python bench/lcbench.py --sweep --sweep-seeds 20 --strategies auto,asha,tpe --jobs 2
+    .venv/bin/python bench/lcbench.py --seeds 50 --strategies random,tpe,auto,asha,hyperband --recommended --jobs 2
+    .venv/bin/python bench/lcbench.py --report-only --seeds 50 --per-task --sweep --sweep-seeds 20
+    .venv/bin/python bench/lcbench.py --report-only --first-seed 20 --seeds 30   # seeds the sweep did not see
+
+Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA = Path(os.environ.get("LCBENCH_DIR", "/work/shared/benchmarks/lcbench"))
+DEV_INSTANCES = ("126025", "126026", "126029", "146212", "167104", "167149", "167152", "167161", "167168",
+                 "167181", "167184", "167185")
+MAX_EPOCH = 52
+CHECKPOINTS = (1, 2, 5, 10, 20, 30)
+# Surrogate input order after the epoch column (README: epoch, batch_size, learning_rate, momentum,
+# weight_decay, num_layers, max_units, max_dropout).
+PARAMS = ("batch_size", "learning_rate", "momentum", "weight_decay", "num_layers", "max_units", "max_dropout")
+# config_space.json, as lmtune space specs (int low/high make an int dimension).
+SPACE: dict[str, dict[str, Any]] = {
+    "batch_size": {"low": 16, "high": 512, "log": True},
+    "learning_rate": {"low": 1e-4, "high": 0.1, "log": True},
+    "momentum": {"low": 0.1, "high": 0.99},
+    "weight_decay": {"low": 1e-5, "high": 0.1},
+    "num_layers": {"low": 1, "high": 5},
+    "max_units": {"low": 64, "high": 1024, "log": True},
+    "max_dropout": {"low": 0.0, "high": 1.0},
+}
+MULTI_FIDELITY = ("auto", "asha", "hyperband")
+MODEL_BASED = ("tpe", "auto")
+
+
+# ------------------------------------------------------------------------------------------------ surrogate
+class Surrogate:
+    """The LCBench ONNX surrogate: one call predicts all 52 epochs of a configuration; cached per configuration."""
+
+    def __init__(self, data: Path = DATA):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(data / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.codes = json.loads((data / "encoding.json").read_text())["OpenML_task_id"]
+        self.cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def curve(self, instance: str, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(val_accuracy %, cumulative time s) at epochs 1..52."""
+        values = tuple(float(params[p]) for p in PARAMS)
+        key = (instance, values)
+        if key not in self.cache:
+            x_cont = np.empty((MAX_EPOCH, 1 + len(PARAMS)), dtype=np.float32)
+            x_cont[:, 0] = np.arange(1, MAX_EPOCH + 1)
+            x_cont[:, 1:] = values
+            x_cat = np.full((MAX_EPOCH, 1), self.codes[instance], dtype=np.int32)
+            out = self.session.run(None, {"x_cat": x_cat, "x_cont": x_cont})[0]
+            self.cache[key] = (out[:, 1].astype(float), out[:, 0].astype(float))
+        return self.cache[key]
+
+
+def reference_optima(data: Path = DATA) -> dict[str, float]:
+    with open(data / "reference_optima.csv") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for r in rows:
+        vals = [float(r[c]) for c in ("surr_max_val_acc_ep52_rs500k", "table_max_val_acc") if r[c]]
+        out[r["instance"]] = max(vals)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@dataclass(frozen=True)
+class Spec:
+    """One strategy setting. rf/min_r only for multi-fidelity strategies, startup only for TPE-based ones."""
+
+    strategy: str
+    rf: int | None = None
+    min_r: int | None = None
+    startup: int | None = None
+
+    @property
+    def label(self) -> str:
+        extra = []
+        if self.rf is not None:
+            extra += [f"rf={self.rf}", f"min={self.min_r}"]
+        if self.startup is not None:
+            extra.append(f"startup={self.startup}")
+        return self.strategy + (f"[{','.join(extra)}]" if extra else "")
+
+
+def default_spec(strategy: str, rf: int = 3, min_r: int = 1, startup: int = 10) -> Spec:
+    if strategy == "dehb":
+        return Spec("dehb", rf=rf, min_r=1)  # eta = rf; DEHB's min_fidelity is fixed at 1 epoch here
+    return Spec(strategy, rf=rf if strategy in MULTI_FIDELITY else None,
+                min_r=min_r if strategy in MULTI_FIDELITY else None,
+                startup=startup if strategy in MODEL_BASED else None)
+
+
+_SURROGATE: Surrogate | None = None
+
+
+def _surrogate() -> Surrogate:
+    global _SURROGATE
+    if _SURROGATE is None:
+        _SURROGATE = Surrogate()
+    _SURROGATE.cache.clear()  # per run: bounded memory, and the same time cost for every run
+    return _SURROGATE
+
+
+def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
+    """One lmtune.Study on one task; the epoch-52 evaluations in trial order with the cumulative epochs spent."""
+    import lmtune
+
+    surrogate = _surrogate()
+    kwargs: dict[str, Any] = {"max_resource": MAX_EPOCH}
+    if spec.rf is not None:
+        kwargs.update(reduction_factor=spec.rf, min_resource=spec.min_r)
+    if spec.startup is not None:
+        kwargs["n_startup_trials"] = spec.startup
+    study = lmtune.Study(f"lcbench-{instance}-{spec.label}-{seed}", "memory://", space=SPACE,
+                         strategy=spec.strategy, metric="val_accuracy", direction="maximize", seed=seed, **kwargs)
+
+    def objective(ctx: lmtune.TrialContext) -> dict[str, float]:
+        acc, seconds = surrogate.curve(instance, ctx.params)
+        epoch = 0
+        for epoch in range(1, MAX_EPOCH + 1):
+            if ctx.report(epoch, {"val_accuracy": acc[epoch - 1]}):
+                break
+        ctx.set("cost", {"fte": epoch / MAX_EPOCH, "wall_seconds": float(seconds[epoch - 1])})
+        ctx.set("epochs", epoch)
+        return {"val_accuracy": float(acc[epoch - 1])}
+
+    start = time.perf_counter()
+    study.optimize(objective, budget_fte=budget)
+    elapsed = time.perf_counter() - start
+    spent, events, states = 0, [], {}
+    for t in sorted(study.trials, key=lambda t: t.number):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+        epochs = int(t.user_attrs.get("epochs", 0))
+        spent += epochs
+        if epochs == MAX_EPOCH:
+            events.append([spent, float(t.user_attrs["metrics"]["val_accuracy"])])
+    return {"events": events, "epochs": spent, "trials": len(study.trials), "states": states, "seconds": elapsed}
+
+
+def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
+    """DEHB through its ask/tell API: fidelity = epochs (rounded), each evaluation trains from scratch."""
+    from ConfigSpace import ConfigurationSpace, Float, Integer
+    from dehb import DEHB
+
+    surrogate = _surrogate()
+    cs = ConfigurationSpace(seed=seed)
+    for name, d in SPACE.items():
+        make = Integer if isinstance(d["low"], int) else Float
+        cs.add(make(name, (d["low"], d["high"]), log=bool(d.get("log", False))))
+    start = time.perf_counter()
+    spent, events, n = 0, [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = DEHB(cs=cs, dimensions=len(cs), min_fidelity=spec.min_r or 1, max_fidelity=MAX_EPOCH,
+                   eta=spec.rf or 3, n_workers=1, seed=seed, output_path=tmp, log_level="ERROR", save_freq=None)
+        while spent < budget * MAX_EPOCH:
+            job = opt.ask()
+            epochs = min(MAX_EPOCH, max(1, int(round(float(job["fidelity"])))))
+            params = dict(job["config"])
+            acc, _ = surrogate.curve(instance, params)
+            spent += epochs
+            n += 1
+            if epochs == MAX_EPOCH:
+                events.append([spent, float(acc[-1])])
+            opt.tell(job, {"fitness": -float(acc[epochs - 1]), "cost": float(epochs)})
+    return {"events": events, "epochs": spent, "trials": n, "states": {}, "seconds": time.perf_counter() - start}
+
+
+def run_one(task: tuple[Spec, str, int, float]) -> dict[str, Any]:
+    spec, instance, seed, budget = task
+    runner = run_dehb if spec.strategy == "dehb" else run_lmtune
+    out = runner(spec, instance, seed, budget)
+    return {"label": spec.label, "spec": asdict(spec), "instance": instance, "seed": seed, "budget": budget, **out}
+
+
+# ------------------------------------------------------------------------------------------------ storage
+def load_records(out: Path) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted(out.glob("*.jsonl")):
+        with open(path) as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return records
+
+
+def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["label"], r["instance"], r["seed"], r["budget"]) for r in load_records(out)}
+    todo = [t for t in tasks if (t[0].label, t[1], t[2], t[3]) not in done]
+    print(f"{len(tasks) - len(todo)} of {len(tasks)} runs already in {out}; running {len(todo)}", file=sys.stderr)
+    if not todo:
+        return
+    start = time.perf_counter()
+    pool = mp.get_context("spawn").Pool(jobs) if jobs > 1 else None
+    results = pool.imap_unordered(run_one, todo) if pool else map(run_one, todo)
+    try:
+        for i, rec in enumerate(results, 1):
+            name = rec["spec"]["strategy"] + ("-sweep" if rec["label"] not in DEFAULT_LABELS else "")
+            with open(out / f"{name}.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if i % 20 == 0 or i == len(todo):
+                print(f"  {i}/{len(todo)} runs, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+
+
+# Chosen from the sweep (seeds 0..19) and checked with --recommended on all main seeds (see BENCHMARKS.md).
+RECOMMENDED = (Spec("tpe", startup=5), Spec("auto", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
+               Spec("hyperband", rf=3, min_r=9))
+DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "auto", "asha", "hyperband", "dehb")}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def references(records: list[dict[str, Any]]) -> dict[str, float]:
+    ref = reference_optima()
+    for r in records:
+        for _, value in r["events"]:
+            ref[r["instance"]] = max(ref.get(r["instance"], value), value)
+    return ref
+
+
+def regret_at(rec: dict[str, Any], ref: float, budget_fte: float) -> float | None:
+    """Normalized regret (%) of the best epoch-52 value found within `budget_fte`; None if there is none yet."""
+    limit = budget_fte * MAX_EPOCH + 1e-9
+    values = [v for spent, v in rec["events"] if spent <= limit]
+    return 100.0 * (ref - max(values)) / ref if values else None
+
+
+def summarize(records: list[dict[str, Any]], ref: dict[str, float], budget_fte: float) -> dict[str, Any]:
+    regrets = [regret_at(r, ref[r["instance"]], budget_fte) for r in records]
+    have = [x for x in regrets if x is not None]
+    return {"n": len(regrets), "k": len(have), "mean": statistics.fmean(have) if have else math.nan,
+            "median": statistics.median(have) if have else math.nan,
+            "se": statistics.stdev(have) / math.sqrt(len(have)) if len(have) > 1 else math.nan}
+
+
+def cell(s: dict[str, Any], key: str) -> str:
+    if not s["k"]:
+        return f"— [0/{s['n']}]"
+    text = f"{s[key]:.2f}"
+    return text if s["k"] == s["n"] else f"{text} [{s['k']}/{s['n']}]"
+
+
+def group(records: list[dict[str, Any]], labels: list[str], instances: list[str], seeds: list[int],
+          budget: float) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["label"] in labels and r["instance"] in instances and r["seed"] in seeds and r["budget"] == budget:
+            out.setdefault(r["label"], []).append(r)
+    return out
+
+
+def main_table(records: list[dict[str, Any]], ref: dict[str, float], labels: list[str], instances: list[str],
+               seeds: list[int], budget: float) -> str:
+    groups = group(records, labels, instances, seeds, budget)
+    checkpoints = [c for c in CHECKPOINTS if c < budget] + [budget]
+    head = ("| strategy | runs | " + " | ".join(f"{c:g} FTE" for c in checkpoints)
+            + f" | s.e. of mean @{checkpoints[-1]:g} | trials/run | s/run |")
+    lines = [head, "|" + "---|" * (len(checkpoints) + 5)]
+    for label in labels:
+        recs = groups.get(label, [])
+        if not recs:
+            continue
+        stats = [summarize(recs, ref, c) for c in checkpoints]
+        means = " | ".join(f"{cell(s, 'mean')} / {cell(s, 'median')}" for s in stats)
+        trials = statistics.fmean(r["trials"] for r in recs)
+        secs = statistics.fmean(r["seconds"] for r in recs)
+        lines.append(f"| {label} | {len(recs)} | {means} | {stats[-1]['se']:.2f} | {trials:.0f} | {secs:.1f} |")
+    return "\n".join(lines)
+
+
+def task_table(records: list[dict[str, Any]], ref: dict[str, float], labels: list[str], instances: list[str],
+               seeds: list[int], budget: float) -> str:
+    """Mean normalized regret (%) per task at the full budget."""
+    groups = group(records, labels, instances, seeds, budget)
+    shown = [label for label in labels if label in groups]
+    lines = ["| task | ref (%) | " + " | ".join(shown) + " |", "|" + "---|" * (2 + len(shown))]
+    for inst in instances:
+        cells = []
+        for label in shown:
+            stat = summarize([r for r in groups[label] if r["instance"] == inst], ref, budget)
+            cells.append(cell(stat, "mean"))
+        lines.append(f"| {inst} | {ref[inst]:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_specs() -> list[Spec]:
+    specs = [default_spec(s, rf=rf, min_r=m) for s in ("auto", "asha") for rf in (2, 3, 4) for m in (1, 3, 9)]
+    specs += [default_spec(s, startup=k) for s in ("tpe", "auto") for k in (5, 10, 20)]
+    return list(dict.fromkeys(specs))
+
+
+def paired_delta(recs: list[dict[str, Any]], base: list[dict[str, Any]], ref: dict[str, float],
+                 budget_fte: float) -> tuple[float, float]:
+    """Mean and s.e. of (regret - regret of the default setting) over the same (task, seed) pairs."""
+    base_by = {(r["instance"], r["seed"]): regret_at(r, ref[r["instance"]], budget_fte) for r in base}
+    diffs = []
+    for r in recs:
+        a, b = regret_at(r, ref[r["instance"]], budget_fte), base_by.get((r["instance"], r["seed"]))
+        if a is not None and b is not None:
+            diffs.append(a - b)
+    if len(diffs) < 2:
+        return math.nan, math.nan
+    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def sweep_table(records: list[dict[str, Any]], ref: dict[str, float], instances: list[str], seeds: list[int],
+                budget: float) -> str:
+    specs = sweep_specs()
+    groups = group(records, [s.label for s in specs], instances, seeds, budget)
+    points = [c for c in (10, 30) if c <= budget] or [budget]
+    head = "| setting | runs | " + " | ".join(
+        f"mean ± s.e. @{c} FTE | median @{c} FTE | Δ vs default @{c} FTE" for c in points) + " |"
+    lines = [head, "|" + "---|" * (2 + 3 * len(points))]
+    best: dict[tuple[str, str, float], tuple[float, str]] = {}
+    for spec in specs:
+        recs = groups.get(spec.label, [])
+        if not recs:
+            continue
+        base = groups.get(default_spec(spec.strategy).label, [])
+        stats = [summarize(recs, ref, c) for c in points]
+        kinds = []
+        if spec.rf is not None and spec.startup in (None, 10):
+            kinds.append("reduction_factor x min_resource")
+        if spec.startup is not None and spec.rf in (None, 3) and spec.min_r in (None, 1):
+            kinds.append("n_startup_trials")
+        cells = []
+        for c, s in zip(points, stats, strict=True):
+            delta, delta_se = paired_delta(recs, base, ref, c)
+            cells.append(f"{cell(s, 'mean')} ± {s['se']:.2f} | {cell(s, 'median')} | {delta:+.2f} ± {delta_se:.2f}")
+            if s["k"] == s["n"]:
+                for k in kinds:
+                    key = (spec.strategy, k, c)
+                    if key not in best or s["mean"] < best[key][0]:
+                        best[key] = (s["mean"], f"{spec.label} ({s['mean']:.2f} ± {s['se']:.2f} %, "
+                                                f"{delta:+.2f} ± {delta_se:.2f} vs default)")
+        lines.append(f"| {spec.label} | {len(recs)} | {' | '.join(cells)} |")
+    lines.append("")
+    lines.append("Lowest mean regret per sweep (Δ: paired difference to the default on the same task and seed):")
+    lines.append("")
+    for (strategy, kind, c), (_, text) in sorted(best.items()):
+        lines.append(f"- {strategy}, {kind}, at {c} FTE: {text}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per strategy and task (main table)")
+    p.add_argument("--first-seed", type=int, default=0, help="main seeds are first..first+N-1 (e.g. held-out seeds)")
+    p.add_argument("--budget", type=float, default=30.0, help="budget per run in full-training equivalents")
+    p.add_argument("--strategies", default="random,tpe,auto,asha,dehb",
+                   help="comma list of random, tpe, auto, asha, hyperband, dehb (defaults: rf 3, min 1, startup 10)")
+    p.add_argument("--instances", default=",".join(DEV_INSTANCES), help="OpenML task ids (default: the 12 dev)")
+    p.add_argument("--sweep", action="store_true",
+                   help="sweep reduction factor {2,3,4} x min resource {1,3,9} (auto, asha) and startup trials "
+                        "{5,10,20} (tpe, auto) instead of the main grid")
+    p.add_argument("--recommended", action="store_true",
+                   help="also run the settings chosen from the sweep (RECOMMENDED) on the main seeds")
+    p.add_argument("--sweep-seeds", type=int, default=5, help="seeds 0..N-1 per setting in the sweep")
+    p.add_argument("--per-task", action="store_true", help="also print mean regret per task at the full budget")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
+    p.add_argument("--report-only", action="store_true", help="print the tables from --out without running")
+    args = p.parse_args(argv)
+
+    instances = [i.strip() for i in args.instances.split(",") if i.strip()]
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if "dehb" in strategies and not args.report_only:
+        try:
+            import dehb  # noqa: F401
+        except ImportError:
+            print("dehb is not installed in this interpreter; skipping it (see the module docstring)", file=sys.stderr)
+            strategies.remove("dehb")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    sweep_seeds = list(range(args.sweep_seeds))
+    if not args.report_only:
+        if args.sweep:
+            tasks = [(s, i, seed, args.budget) for s in sweep_specs() if s.strategy in strategies
+                     for i in instances for seed in sweep_seeds]
+        else:
+            tasks = [(default_spec(s), i, seed, args.budget) for s in strategies for i in instances for seed in seeds]
+        if args.recommended:
+            tasks += [(s, i, seed, args.budget) for s in RECOMMENDED if s.strategy in strategies
+                      for i in instances for seed in seeds]
+        run_tasks(tasks, args.out, args.jobs)
+
+    records = load_records(args.out)
+    ref = references(records)
+    labels = [default_spec(s).label for s in ("random", "tpe", "auto", "asha", "hyperband", "dehb")]
+    labels += [s.label for s in RECOMMENDED]
+    print(f"## Normalized regret (%) at budget checkpoints, mean / median over {len(instances)} tasks x "
+          f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) ([k/n]: only k of n runs had an epoch-52 evaluation yet)\n")
+    print(main_table(records, ref, labels, instances, seeds, args.budget))
+    if args.per_task:
+        print(f"\n## Mean normalized regret (%) per task at {args.budget:g} FTE, {len(seeds)} seeds\n")
+        print(task_table(records, ref, labels, instances, seeds, args.budget))
+    if args.sweep:
+        print(f"\n## Sweep: normalized regret (%), {len(instances)} tasks x {len(sweep_seeds)} seeds\n")
+        print(sweep_table(records, ref, instances, sweep_seeds, args.budget))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""The report's plots: Optuna's own where they fit (history, parallel coordinates, importance, slices), and
+lmtune's for what only lmtune records (learning curves from each trial's ``curve``, quality vs cost, PBT).
+
+Every builder returns a `Plot`: a figure, or None with a sentence saying why there is none, so a small or
+unusual study still gives a report.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import plotly.colors
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+from plotly.subplots import make_subplots
+
+from lmtune.results import BASELINE_ATTR, best_trial, cost_of, metric_of
+
+# Curve keys that are bookkeeping, not quality.
+_NOT_METRICS = {"step", "train_seconds", "elapsed_seconds", "tokens_per_second"}
+_CURVE_METRICS = ("eval_loss", "exact_match", "token_f1", "perplexity", "train_loss")
+_STATE_STYLE = {  # how a trial's learning curve ends: (line dash, end marker)
+    "complete": ("solid", "circle"),
+    "early stopped": ("dot", "square"),
+    "pruned": ("dash", "x"),
+    "failed": ("dashdot", "cross"),
+    "running": ("longdash", "triangle-right"),
+}
+_LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 30, "t": 60, "b": 50}}
+
+
+@dataclass
+class Plot:
+    key: str  # also the PNG's file name
+    title: str
+    figure: go.Figure | None
+    note: str = ""
+
+
+def _quiet(fn: Callable[..., go.Figure], *args: Any, **kwargs: Any) -> go.Figure:
+    with warnings.catch_warnings():  # Optuna warns about experimental APIs and skipped trials
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def trial_status(t: FrozenTrial) -> str:
+    if t.state == TrialState.PRUNED:
+        return "pruned"
+    if t.state == TrialState.FAIL:
+        return "failed"
+    if t.state == TrialState.COMPLETE:
+        return "early stopped" if t.user_attrs.get("stop_reason") == "early_stopping" else "complete"
+    return "running"
+
+
+def _label(t: FrozenTrial) -> str:
+    return f"trial {t.number}" + (" (baseline)" if t.user_attrs.get(BASELINE_ATTR) else "")
+
+
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+
+
+def _style(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
+    fig.update_layout(**_LAYOUT, title=title)
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ Optuna's plots
+def history(study: optuna.Study) -> Plot:
+    metric, title = metric_of(study), "Optimization history"
+    if not complete_trials(study):
+        return Plot("history", title, None, "No completed trial yet.")
+    fig = _quiet(optuna.visualization.plot_optimization_history, study, target_name=metric)
+    return Plot("history", title, _style(fig, f"{title}: {metric} per trial and best so far"))
+
+
+def parallel(study: optuna.Study) -> Plot:
+    metric, title = metric_of(study), "Parallel coordinates"
+    done = complete_trials(study)
+    if not done or not any(t.params for t in done):
+        return Plot("parallel", title, None, "Needs a completed trial with searched parameters.")
+    fig = _quiet(optuna.visualization.plot_parallel_coordinate, study, target_name=metric)
+    return Plot("parallel", title, _style(fig, f"{title}: completed trials, coloured by {metric}"))
+
+
+def importances(study: optuna.Study) -> tuple[dict[str, float], Plot]:
+    """Optuna's fANOVA importance (PED-ANOVA when scikit-learn is missing), or why it cannot be computed."""
+    metric, title = metric_of(study), "Parameter importance"
+    done = complete_trials(study)
+    varying = {p for p in {k for t in done for k in t.params}
+               if len({repr(t.params.get(p)) for t in done}) > 1}
+    if len(done) < 2 or not varying:
+        why = (f"Parameter importance needs at least 2 completed trials whose searched parameters differ; this "
+               f"study has {len(done)} completed trial{'s' if len(done) != 1 else ''}"
+               + ("" if len(done) < 2 else " and no parameter that varies among them") + ".")
+        return {}, Plot("importance", title, None, why)
+    try:
+        evaluator: optuna.importance.BaseImportanceEvaluator
+        try:
+            import sklearn  # noqa: F401  (fANOVA fits scikit-learn trees)
+
+            evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
+        except ImportError:
+            evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        fig = _quiet(optuna.visualization.plot_param_importances, study, evaluator=evaluator, target_name=metric)
+    except Exception as e:  # Optuna raises several types for degenerate studies; the report goes on
+        return {}, Plot("importance", title, None, f"Parameter importance could not be computed: {e}")
+    values = {k: float(v) for k, v in values.items() if math.isfinite(v)}
+    return values, Plot("importance", title, _style(fig, f"{title} for {metric} ({name}, {len(done)} trials)"))
+
+
+def slices(study: optuna.Study, params: list[str]) -> Plot:
+    metric, title = metric_of(study), "Slice plots"
+    if not complete_trials(study) or not params:
+        return Plot("slices", title, None, "Needs a completed trial with searched parameters.")
+    fig = _quiet(optuna.visualization.plot_slice, study, params=params, target_name=metric)
+    fig = _style(fig, f"{title}: {metric} against {', '.join(params)}", height=420)
+    fig.update_layout(width=None)
+    return Plot("slices", title, fig)
+
+
+# ------------------------------------------------------------------------------------------------ lmtune's plots
+def _curve_points(t: FrozenTrial, metric: str) -> tuple[list[float], dict[str, list[float | None]]]:
+    curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
+    if curve:
+        steps = [float(c["step"]) for c in curve]
+        keys = [k for k in dict.fromkeys(k for c in curve for k in c) if k not in _NOT_METRICS]
+        return steps, {k: [c.get(k) for c in curve] for k in keys}
+    iv = sorted(t.intermediate_values.items())  # a user objective that reported bare numbers
+    return [float(s) for s, _ in iv], {metric: [v for _, v in iv]}
+
+
+def learning_curves(study: optuna.Study) -> Plot:
+    """One line per trial over its evaluations; pruned, early-stopped and failed trials end in a marker."""
+    metric, title = metric_of(study), "Learning curves"
+    best = best_trial(study)
+    data = [(t, *_curve_points(t, metric)) for t in study.get_trials(deepcopy=False)]
+    data = [d for d in data if d[1]]
+    if not data:
+        return Plot("curves", title, None, "No trial has reported an evaluation yet.")
+    available = set().union(*(set(d[2]) for d in data))
+    metrics = [m for m in dict.fromkeys((metric, *_CURVE_METRICS, *sorted(available))) if m in available]
+    fig = go.Figure()
+    for t, steps, values in data:
+        status = trial_status(t)
+        dash, symbol = _STATE_STYLE[status]
+        n = len(steps)
+        special = t.user_attrs.get(BASELINE_ATTR) or (best is not None and t.number == best.number)
+        end_size = 12 if status != "complete" else 6
+        params = "<br>".join(f"{k} = {_short(v)}" for k, v in t.params.items())
+        fig.add_trace(go.Scatter(
+            x=steps, y=values.get(metrics[0], [None] * n), mode="lines+markers",
+            name=f"{_label(t)} [{status}]" if status != "complete" else _label(t),
+            legendgroup=status, line={"dash": dash, "width": 3.5 if special else 1.6},
+            marker={"symbol": ["circle"] * (n - 1) + [symbol], "size": [5] * (n - 1) + [end_size]},
+            hovertemplate=f"<b>{_label(t)}</b> ({status})<br>step %{{x}}<br>%{{y:.4g}}<br>{params}<extra></extra>",
+        ))
+    buttons = [{"label": m, "method": "update",
+                "args": [{"y": [v.get(m, [None] * len(s)) for _, s, v in data]}, {"yaxis.title.text": m}]}
+               for m in metrics]
+    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.12,
+                                    "yanchor": "top", "direction": "down"}] if len(metrics) > 1 else [],
+                      xaxis_title="optimizer step", yaxis_title=metrics[0], legend_title_text="trial [how it ended]")
+    return Plot("curves", title, _style(fig, f"{title} (✕ pruned, ■ early stopped; thick: baseline, best)",
+                                        height=520))
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+_COSTS = (("device-hours", lambda c: c.get("wall_seconds", 0.0) / 3600),
+          ("FTE (full-training equivalents)", lambda c: c.get("fte")),
+          ("training tokens", lambda c: c.get("tokens")))
+
+
+def pareto_front(points: list[tuple[float, float, Any]], maximize: bool) -> list[tuple[float, float, Any]]:
+    """The points no other point beats on both cost (lower) and quality; sorted by cost."""
+    front: list[tuple[float, float, Any]] = []
+    for x, y, ref in sorted(points, key=lambda p: (p[0], -p[1] if maximize else p[1])):
+        if not front or (y > front[-1][1] if maximize else y < front[-1][1]):
+            front.append((x, y, ref))
+    return front
+
+
+def quality_vs_cost(study: optuna.Study) -> Plot:
+    """Each finished trial's quality against what it cost, with the Pareto front of the completed ones."""
+    metric, title = metric_of(study), "Quality vs cost"
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        q = t.value if t.state == TrialState.COMPLETE else (t.user_attrs.get("metrics") or {}).get(metric)
+        if q is not None and math.isfinite(q) and cost_of(t):
+            rows.append((t, float(q)))
+    if not rows:
+        return Plot("pareto", title, None, "No finished trial with a recorded cost and metric.")
+    fig = go.Figure()
+    for i, (axis, get) in enumerate(_COSTS):
+        done = [(float(get(cost_of(t)) or 0.0), q, t) for t, q in rows if t.state == TrialState.COMPLETE]
+        pruned = [(float(get(cost_of(t)) or 0.0), q, t) for t, q in rows if t.state == TrialState.PRUNED]
+        front = pareto_front(done, maximize)
+        for name, pts, marker in (("completed", done, {"size": 10, "symbol": "circle"}),
+                                  ("pruned (quality when stopped)", pruned, {"size": 10, "symbol": "x"})):
+            fig.add_trace(go.Scatter(
+                x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name, marker=marker,
+                text=[_label(p[2]) for p in pts], visible=i == 0,
+                hovertemplate=f"%{{text}}<br>{axis} %{{x:.4g}}<br>{metric} %{{y:.4g}}<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front",
+            line={"shape": "hv", "color": "crimson"}, marker={"size": 13, "symbol": "circle-open"},
+            text=[_label(p[2]) for p in front], visible=i == 0,
+            hovertemplate=f"%{{text}} (Pareto)<br>{axis} %{{x:.4g}}<br>{metric} %{{y:.4g}}<extra></extra>"))
+    n = len(_COSTS)
+    buttons = [{"label": axis, "method": "update",
+                "args": [{"visible": [j // 3 == i for j in range(3 * n)]}, {"xaxis.title.text": axis}]}
+               for i, (axis, _) in enumerate(_COSTS)]
+    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.12, "yanchor": "top"}],
+                      xaxis_title=_COSTS[0][0], yaxis_title=f"{metric} ({'higher' if maximize else 'lower'} is better)")
+    return Plot("pareto", title, _style(fig, f"{title}: {metric} against cost, Pareto front of completed trials",
+                                        height=480))
+
+
+# ------------------------------------------------------------------------------------------------ PBT
+def pbt_members(study: optuna.Study) -> list[FrozenTrial]:
+    members = [t for t in study.get_trials(deepcopy=False) if "pbt_member" in t.user_attrs]
+    return sorted(members, key=lambda t: t.user_attrs["pbt_member"])
+
+
+def _final_step(t: FrozenTrial) -> float:
+    c = cost_of(t)
+    steps = [float(p.get("step", 0)) for p in t.user_attrs.get("curve") or []]
+    return max([*steps, float(c.get("steps") or 0)], default=0.0)
+
+
+def pbt_schedule(study: optuna.Study, members: list[FrozenTrial]) -> Plot:
+    """Each member's hyperparameters over training steps, one panel per hyperparameter."""
+    title = "PBT hyperparameter schedules"
+    params = list(dict.fromkeys(k for t in members for e in t.user_attrs.get("schedule") or [] for k in e
+                                if k != "step"))
+    numeric = [p for p in params if all(isinstance(e.get(p), int | float) for t in members
+                                        for e in t.user_attrs.get("schedule") or [] if p in e)]
+    if not numeric:
+        return Plot("pbt-schedule", title, None, "No member recorded a numeric hyperparameter schedule.")
+    fig = make_subplots(rows=len(numeric), cols=1, shared_xaxes=True, subplot_titles=numeric, vertical_spacing=0.08)
+    palette = plotly.colors.qualitative.Plotly
+    for i, t in enumerate(members):
+        schedule = t.user_attrs.get("schedule") or []
+        end = _final_step(t)
+        member = t.user_attrs["pbt_member"]
+        for row, p in enumerate(numeric, start=1):
+            pts = [(float(e["step"]), e[p]) for e in schedule if p in e]
+            if pts and end > pts[-1][0]:
+                pts.append((end, pts[-1][1]))
+            fig.add_trace(go.Scatter(
+                x=[s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers",
+                line={"shape": "hv", "color": palette[i % len(palette)]},
+                name=f"member {member} (trial {t.number})", legendgroup=f"m{member}", showlegend=row == 1,
+                hovertemplate=f"member {member}<br>step %{{x}}<br>{p} = %{{y:.4g}}<extra></extra>"), row=row, col=1)
+            dist = t.distributions.get(p)
+            if getattr(dist, "log", False):
+                fig.update_yaxes(type="log", row=row, col=1)
+    fig.update_xaxes(title_text="optimizer step", row=len(numeric), col=1)
+    return Plot("pbt-schedule", title, _style(fig, f"{title}: each member's values over training",
+                                              height=260 * len(numeric) + 120))
+
+
+def pbt_lineage(study: optuna.Study, members: list[FrozenTrial]) -> Plot:
+    """Members as rows over steps; an arrow per exploit from the donor to the member that copied its weights."""
+    title = "PBT lineage"
+    metric = metric_of(study)
+    best = (study.user_attrs.get("pbt") or {}).get("best_member")
+    fig = go.Figure()
+    for t in members:
+        m = t.user_attrs["pbt_member"]
+        curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
+        xs = [0.0] + [float(c["step"]) for c in curve]
+        scores = [None] + [c.get(metric) for c in curve]
+        fig.add_trace(go.Scatter(
+            x=xs, y=[m] * len(xs), mode="lines+markers", name=f"member {m} (trial {t.number})",
+            line={"width": 5 if m == best else 2}, customdata=scores,
+            hovertemplate=f"member {m}<br>step %{{x}}<br>{metric} %{{customdata:.4g}}<extra></extra>"))
+    events = [(t.user_attrs["pbt_member"], e) for t in members for e in t.user_attrs.get("lineage") or []]
+    for receiver, e in events:
+        donor = e.get("copied_from")
+        if donor is None:
+            continue
+        fig.add_annotation(x=e.get("step", 0), y=receiver, ax=e.get("step", 0), ay=donor, xref="x", yref="y",
+                           axref="x", ayref="y", showarrow=True, arrowhead=3, arrowsize=1.5, arrowwidth=2,
+                           arrowcolor="crimson", text="", hovertext=(
+                               f"step {e.get('step')}: member {receiver} copied member {donor} "
+                               f"({metric} {_short(e.get('replaced_score'))} → {_short(e.get('donor_score'))})"))
+    fig.update_layout(xaxis_title="optimizer step", yaxis_title="member",
+                      yaxis={"tickmode": "array", "tickvals": [t.user_attrs["pbt_member"] for t in members]})
+    note = "" if events else "No member exploited another: every member trained on its own weights."
+    return Plot("pbt-lineage", title, _style(fig, f"{title}: arrows point from the donor to the member that took "
+                                                  f"its weights ({len(events)} exploits)",
+                                             height=max(320, 60 * len(members) + 160)), note)
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def selection_plot(selection: dict[str, Any]) -> Plot:
+    """Per-seed test (and validation) scores of each candidate the selection phase re-trained."""
+    title = "Selection: test scores per seed"
+    metric = selection.get("metric", "value")
+    cands = [c for c in selection.get("candidates") or [] if isinstance(c, dict)]
+    if not cands:
+        return Plot("selection", title, None, "The selection phase recorded no candidate.")
+    fig = go.Figure()
+    for split, symbol in (("test", "circle"), ("validation", "diamond-open")):
+        xs, ys, seeds = [], [], []
+        for c in cands:
+            name = f"trial {c.get('trial')}" + (" (baseline)" if c.get("baseline") else "")
+            for seed, res in (c.get("per_seed") or {}).items():
+                v = (res.get(split) or {}).get(metric) if isinstance(res, dict) else None
+                if v is not None:
+                    xs.append(name), ys.append(v), seeds.append(seed)
+        if ys:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=split, customdata=seeds,
+                                     marker={"symbol": symbol, "size": 11},
+                                     hovertemplate=f"%{{x}} seed %{{customdata}}<br>{split} {metric} %{{y:.4g}}"
+                                                   "<extra></extra>"))
+    if not fig.data:
+        return Plot("selection", title, None, "The selection phase recorded no per-seed scores.")
+    fig.update_layout(yaxis_title=metric, xaxis_title="candidate")
+    return Plot("selection", title, _style(fig, f"{title} ({metric})", height=420))

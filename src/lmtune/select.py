@@ -1,0 +1,145 @@
+"""The selection phase: re-check the search's top configs on held-out test data with several seeds.
+
+A search picks the config with the best *validation* score of *one* run, so its winner is biased upwards twice:
+by validation overfitting and by seed luck. Re-training the top-k (and the baseline) with S seeds and scoring
+them on the test split, which the search never saw, gives an estimate users can trust, and a robust winner.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lmtune.config import ExperimentConfig, run_dir
+from lmtune.errors import LmtuneError
+from lmtune.results import BASELINE_ATTR
+from lmtune.train.trainer import Trainer
+from lmtune.trial import FineTuneObjective, cost_of, trial_train_config
+
+
+@dataclass
+class Candidate:
+    trial: int
+    is_baseline: bool
+    hparams: dict[str, Any]
+    search_value: float | None
+
+
+def candidates(study: optuna.Study, top_k: int, include_baseline: bool) -> list[Candidate]:
+    """The baseline trial (when asked) and the top-k completed, non-PBT trials by search value."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value) and "pbt_member" not in t.user_attrs
+            and "hparams" in t.user_attrs]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(done, key=lambda t: -t.value if maximize else t.value)  # type: ignore[operator]
+    picked = [t for t in ranked if not t.user_attrs.get(BASELINE_ATTR)][:top_k]
+    base = next((t for t in done if t.user_attrs.get(BASELINE_ATTR)), None)
+    if include_baseline and base is not None:
+        picked = [base, *picked]
+    if not picked:
+        raise LmtuneError(f"study {study.study_name!r} has no completed trial to select from")
+    return [Candidate(t.number, bool(t.user_attrs.get(BASELINE_ATTR)), t.user_attrs["hparams"], t.value)
+            for t in picked]
+
+
+def selection_is_current(cfg: ExperimentConfig, study: optuna.Study) -> bool:
+    """True when the stored selection already covers these candidates, seeds and rule (a resumed run that
+    added no better trial does not retrain anything)."""
+    stored = study.user_attrs.get("selection")
+    if not stored or cfg.select is None:
+        return False
+    wanted = [c.trial for c in candidates(study, cfg.select.top_k, cfg.select.include_baseline)]
+    have = [r["trial"] for r in stored["candidates"]]
+    seeds = [str(s) for s in cfg.select.seeds]
+    return have == wanted and stored["rule"] == cfg.select.rule and all(
+        list(r["per_seed"]) == seeds for r in stored["candidates"])
+
+
+def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTuneObjective | None = None) -> dict:
+    """Train every candidate with every seed, score validation and test, pick the winner, keep its model.
+
+    The result is stored as the study's ``selection`` attribute and returned.
+    """
+    sel = cfg.select
+    if sel is None:
+        raise LmtuneError("no select: section in the config; add e.g. select: {top_k: 3, seeds: [0, 1, 2]}")
+    objective = objective or FineTuneObjective(cfg)
+    tokenizer, prepared = objective.prepare()
+    if not prepared.test:
+        raise LmtuneError("the selection phase needs a test split; set data.test_fraction > 0 or data.test_path")
+    metric, maximize = cfg.objective.metric, cfg.objective.direction == "maximize"
+    workdir = run_dir(cfg) / "selection"
+    rows = []
+    for cand in candidates(study, sel.top_k, sel.include_baseline):
+        per_seed = {}
+        for seed in sel.seeds:
+            train_cfg = trial_train_config(cfg.train, {**cand.hparams, "seed": seed, "output_dir": None})
+            trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=metric, maximize=maximize,
+                              prepared=prepared, tokenizer=tokenizer, progress=objective.progress).setup()
+            result = trainer.train()
+            test = trainer.evaluate("test")
+            per_seed[str(seed)] = {"validation": _clean(result.metrics), "test": test, "cost": cost_of(result)}
+            if seed == sel.seeds[0]:
+                trainer.save(workdir / f"trial-{cand.trial}", result)
+        rows.append(_summarise(cand, per_seed, metric, maximize))
+    report = _decide(rows, metric, maximize, sel.rule)
+    winner = report["winner"]
+    best_dir = run_dir(cfg) / "best-model"
+    shutil.rmtree(best_dir, ignore_errors=True)
+    (workdir / f"trial-{winner}").rename(best_dir)
+    (best_dir / "selection.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(workdir, ignore_errors=True)
+    study.set_user_attr("selection", report)
+    winner_row = next(r for r in rows if r["trial"] == winner)
+    study.set_user_attr("best_model", {"trial": winner, "dir": str(best_dir.resolve()), "selected": True,
+                                       "metrics": winner_row["per_seed"][str(sel.seeds[0])]["validation"]})
+    return report
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "step"}
+
+
+def _summarise(cand: Candidate, per_seed: dict[str, dict], metric: str, maximize: bool) -> dict[str, Any]:
+    test = [s["test"][metric] for s in per_seed.values()]
+    val = [s["validation"][metric] for s in per_seed.values()]
+    t_mean, t_std = statistics.fmean(test), statistics.pstdev(test)
+    v_mean = statistics.fmean(val)
+    # Positive gap = validation looks better than test: what tuning on validation data overstates.
+    gap = (v_mean - t_mean) if maximize else (t_mean - v_mean)
+    return {"trial": cand.trial, "baseline": cand.is_baseline, "search_value": cand.search_value,
+            "hparams": cand.hparams, "per_seed": per_seed, "test_mean": t_mean, "test_std": t_std,
+            "validation_mean": v_mean, "gap": gap}
+
+
+def _decide(rows: list[dict[str, Any]], metric: str, maximize: bool, rule: str) -> dict[str, Any]:
+    sign = 1 if maximize else -1
+
+    def robust(r: dict[str, Any]) -> float:
+        # "pessimistic" = mean one standard deviation towards worse: prefers configs that are good on every seed.
+        return sign * r["test_mean"] - (r["test_std"] if rule == "pessimistic" else 0.0)
+
+    for r in rows:
+        r["score"] = robust(r) * sign
+    winner = max(rows, key=robust)
+    tuned = [r for r in rows if not r["baseline"]] or rows
+    search_winner = max(tuned, key=lambda r: sign * (r["search_value"] or 0.0))
+    flags = []
+    if search_winner["trial"] != winner["trial"]:
+        flags.append(f"the search winner (trial {search_winner['trial']}) is not the robust winner "
+                     f"(trial {winner['trial']}) on test data with {len(rows[0]['per_seed'])} seeds")
+    for r in rows:
+        if r["gap"] > max(r["test_std"], 1e-12):
+            flags.append(f"trial {r['trial']}: validation {metric} exceeds test by {r['gap']:.4g}, more than "
+                         f"the seed spread ({r['test_std']:.4g}): the validation set is being overfitted")
+    if winner["baseline"]:
+        flags.append("the baseline is the robust winner: tuning did not beat it on test data")
+    return {"metric": metric, "rule": rule, "winner": winner["trial"], "search_winner": search_winner["trial"],
+            "candidates": rows, "flags": flags}

@@ -28,6 +28,7 @@ def test_run_then_status_and_best(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "baseline vs tuned" in res.output and "study cost: 3 trials" in res.output
     assert ("tuned beats the baseline" in res.output) != ("baseline is already the best" in res.output)
+    assert (tmp_path / "best_comparison.md").is_file() and (tmp_path / "best_comparison.csv").is_file()
     best = load_config(tmp_path / "best.yaml")  # the written best config is itself a valid experiment
     assert best.train.max_steps == 12
 

@@ -25,6 +25,7 @@ from lmtune.results import (
     load_study,
     metric_of,
     study_cost,
+    write_comparison,
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -101,6 +102,11 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
             table.add_row(name, _fmt(b), _fmt(t))
         console.print(table)
         console.print(f"[bold]{comp.verdict}[/]")
+        for flag in (study.user_attrs.get("selection") or {}).get("flags", []):
+            console.print(f"[yellow]note:[/] {flag}", highlight=False)
+        if output is not None:
+            files = write_comparison(comp, output.with_name(output.stem + "_comparison"))
+            console.print(f"comparison table written to {', '.join(map(str, files))}")
     console.print(f"study cost: {int(cost['trials'])} trials, {int(cost['steps'])} optimizer steps, "
                   f"{cost['fte']:.2f} FTE, {cost['wall_seconds']:.0f} s")
     if output is not None and study.user_attrs.get("config"):

@@ -47,7 +47,7 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         return _GridSampler(grid, seed=seed)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    startup = 10 if n_startup_trials is None else n_startup_trials
+    startup = 5 if n_startup_trials is None else n_startup_trials  # B2 LCBench sweep, BENCHMARKS.md
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if strategy == "tpe":

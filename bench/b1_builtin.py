@@ -246,28 +246,17 @@ def run_grid_replay(seed: int, args: argparse.Namespace, oracle: dict[str, Any],
 
 def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -> list[dict[str, Any]]:
     import optuna
+    from _hf_data import Collator, EncodedDataset
     from transformers import PrinterCallback, TrainingArguments
     from transformers import Trainer as HFTrainer
 
-    from lmtune.train.data import Encoded, collate
     from lmtune.train.model import load_model
     from lmtune.train.trainer import Trainer as LmtuneTrainer
 
     cfg, tok, prepared = shared.cfg, shared.tokenizer, shared.prepared
     validation = prepared.validation[: cfg.train.eval_max_samples]
 
-    class EncodedDataset(torch.utils.data.Dataset):
-        def __init__(self, examples: list[Encoded]):
-            self.examples = examples
-
-        def __len__(self) -> int:
-            return len(self.examples)
-
-        def __getitem__(self, i: int) -> dict[str, list[int]]:
-            return {"input_ids": self.examples[i].input_ids, "labels": self.examples[i].labels}
-
-    def collator(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        return collate([Encoded(f["input_ids"], f["labels"]) for f in features], tok.pad_token_id)
+    collator = Collator(tok.pad_token_id)
 
     # lmtune's generation code, on whatever model the HF trainer holds.
     gen = LmtuneTrainer(cfg.model, cfg.data, cfg.train, prepared=prepared, tokenizer=tok)

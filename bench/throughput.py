@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 import transformers
+from _hf_data import Collator, EncodedDataset  # bench/ is on sys.path when run as a script
 from transformers import PrinterCallback, TrainingArguments
 from transformers import Trainer as HFTrainer
 from transformers.utils import logging as hf_logging
 
 from lmtune.config import ExperimentConfig, validate_config
-from lmtune.train.data import Encoded, collate
 from lmtune.train.model import load_model, load_tokenizer
 from lmtune.train.trainer import PreparedData
 from lmtune.train.trainer import Trainer as LmtuneTrainer
@@ -82,30 +82,6 @@ def run_lmtune(cfg: ExperimentConfig, prepared: PreparedData, tokenizer: Any, na
     trainer = LmtuneTrainer(cfg.model, cfg.data, cfg.train, prepared=prepared, tokenizer=tokenizer).setup()
     result = trainer.train()
     return Run(name, result.steps, result.tokens, result.train_seconds)
-
-
-class EncodedDataset(torch.utils.data.Dataset):
-    """lmtune's encoded examples as the {input_ids, labels} dicts a HF Trainer expects."""
-
-    def __init__(self, examples: list[Encoded]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        e = self.examples[i]
-        return {"input_ids": e.input_ids, "labels": e.labels}
-
-
-class Collator:
-    """Right-pads exactly like lmtune's trainer, by calling `lmtune.train.data.collate`."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        return collate([Encoded(f["input_ids"], f["labels"]) for f in features], self.pad_id)
 
 
 def run_hf(cfg: ExperimentConfig, prepared: PreparedData, tokenizer: Any, args: argparse.Namespace) -> Run:

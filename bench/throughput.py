@@ -130,7 +130,8 @@ def run_hf(cfg: ExperimentConfig, prepared: PreparedData, tokenizer: Any, args: 
 def packed_steps(args: argparse.Namespace, prepared: PreparedData, packed: PreparedData) -> int:
     """Steps for the packed run to see about as many tokens as the padded run (packed batches are bigger)."""
     per_example = sum(len(e.input_ids) for e in prepared.train) / len(prepared.train)
-    per_block = sum(len(e.input_ids) for e in packed.train) / len(packed.train)
+    blocks = packed.training_set(make_config(args, packing=True).train)
+    per_block = sum(len(e.input_ids) for e in blocks) / len(blocks)
     return max(1, math.ceil(args.steps * per_example / per_block))
 
 

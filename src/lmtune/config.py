@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,10 @@ class TrainConfig(_Strict):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: str | list[str] = "all-linear"
+    augmentation: str = Field(
+        "paraphrase", description="paraphrase, or a user function 'module:function' / 'file.py:function' called "
+        "as function(row, rng) -> row")
+    augmentation_ratio: float = Field(0.0, ge=0, le=4, description="augmented training rows added per training row")
     seed: int = 42
     eval_steps: int | None = Field(None, ge=1, description="None = 4 evaluations per run")
     eval_max_samples: int | None = Field(256, ge=1, description="validation rows used for generation metrics")
@@ -126,6 +131,14 @@ class TrainConfig(_Strict):
     torch_num_threads: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     output_dir: str | None = None
+
+    @field_validator("augmentation")
+    @classmethod
+    def _augmentation(cls, v: str) -> str:
+        if v != "paraphrase" and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", v):
+            raise ValueError("must be 'paraphrase' or a function as 'package.module:function' or "
+                             "'path/to/file.py:function'")
+        return v
 
     @model_validator(mode="after")
     def _precision(self) -> TrainConfig:
@@ -412,6 +425,9 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
     cfg.data.path = fix(cfg.data.path)
     cfg.data.validation_path = fix(cfg.data.validation_path)
     cfg.data.test_path = fix(cfg.data.test_path)
+    target, _, fn = cfg.train.augmentation.rpartition(":")
+    if target.endswith(".py"):
+        cfg.train.augmentation = f"{fix(target)}:{fn}"
     name = cfg.model.name_or_path
     if name.startswith((".", "/", "~")) or (base / name).exists():
         cfg.model.name_or_path = str(Path(fix(name) or name).expanduser())

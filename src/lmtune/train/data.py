@@ -26,6 +26,7 @@ IGNORE = -100
 class Example:
     messages: list[dict[str, str]]
     task: str | None = None
+    row: dict[str, Any] | None = None  # as read from the file: what a user's augmentation function receives
 
     @property
     def answer(self) -> str:
@@ -94,7 +95,7 @@ def to_example(row: Any, where: str) -> Example:
             clean.append({"role": m["role"], "content": m["content"]})
         if clean[-1]["role"] != "assistant":
             raise DataError(f"{where}: the last message must have role 'assistant' (the answer to learn)")
-        return Example(clean, task)
+        return Example(clean, task, row)
     for key in ("instruction", "output"):
         if key not in row:
             raise DataError(f"{where}: missing field {key!r}; rows need 'instruction' and 'output' (Alpaca, "
@@ -107,7 +108,8 @@ def to_example(row: Any, where: str) -> Example:
     if not row["output"].strip():
         raise DataError(f"{where}: field 'output' is empty; there is nothing to learn from this row")
     prompt = f"{row['instruction']}\n{inp}" if inp else row["instruction"]
-    return Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}], task)
+    return Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}], task,
+                   row)
 
 
 def read_examples(path: str | Path) -> list[Example]:

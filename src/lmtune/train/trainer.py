@@ -23,7 +23,18 @@ from transformers import get_scheduler
 
 from lmtune.config import DataConfig, ModelConfig, TrainConfig
 from lmtune.errors import DivergedError, LmtuneError
-from lmtune.train.data import IGNORE, Encoded, PromptRenderer, collate, collate_prompts, load_splits, pack
+from lmtune.train.augment import augmented_rows
+from lmtune.train.data import (
+    IGNORE,
+    Encoded,
+    Example,
+    PromptRenderer,
+    collate,
+    collate_prompts,
+    load_splits,
+    pack,
+    to_example,
+)
 from lmtune.train.metrics import exact_match, perplexity, token_f1
 from lmtune.train.model import count_parameters, dropout_keys, load_model, load_tokenizer, parameter_groups
 
@@ -42,6 +53,10 @@ class PreparedData:
     validation: list[Encoded]
     test: list[Encoded]
     dropped: int = 0
+    train_examples: list[Example] = field(default_factory=list)
+    renderer: PromptRenderer | None = None
+    packing: bool = False
+    max_length: int = 256
 
     @classmethod
     def build(cls, data: DataConfig, tokenizer: Any) -> PreparedData:
@@ -53,9 +68,19 @@ class PreparedData:
         if not train or not validation:
             raise LmtuneError(f"no training or validation example fits data.max_length={data.max_length}; "
                               "raise data.max_length")
-        if data.packing:
-            train = pack(train, data.max_length)
-        return cls(train, validation, test, d1 + d2 + d3)
+        return cls(train, validation, test, d1 + d2 + d3, splits.train, renderer, data.packing, data.max_length)
+
+    def training_set(self, train: TrainConfig) -> list[Encoded]:
+        """The encoded training rows plus this run's augmented copies, packed when asked. Validation and test
+        rows are never augmented."""
+        rows = self.train
+        if train.augmentation_ratio > 0 and self.renderer is not None:
+            sources = [e.row if e.row is not None else {"messages": e.messages} for e in self.train_examples]
+            extra = [to_example(row, f"train.augmentation {train.augmentation!r} output for training row {i}")
+                     for i, row in augmented_rows(sources, train.augmentation, train.augmentation_ratio,
+                                                  train.seed)]
+            rows = rows + self.renderer.encode_all(extra)[0]
+        return pack(rows, self.max_length) if self.packing else rows
 
 
 @dataclass
@@ -89,6 +114,7 @@ class Trainer:
         self.tokenizer = self.tokenizer or load_tokenizer(self.model_cfg)
         self.prepared = self.prepared or PreparedData.build(self.data_cfg, self.tokenizer)
         torch.manual_seed(cfg.seed)  # after loading, so LoRA init and dropout depend on the seed alone
+        self.train_data = self.prepared.training_set(cfg)
         self._setup_model()
         self._setup_steps()
         self._setup_optimizer()
@@ -119,7 +145,7 @@ class Trainer:
 
     def _setup_steps(self) -> None:
         cfg = self.cfg
-        micro_batches = math.ceil(len(self.prepared.train) / cfg.per_device_train_batch_size)
+        micro_batches = math.ceil(len(self.train_data) / cfg.per_device_train_batch_size)
         self.steps_per_epoch = max(1, math.ceil(micro_batches / cfg.gradient_accumulation_steps))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs *
                                                                              self.steps_per_epoch)
@@ -208,7 +234,7 @@ class Trainer:
     def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Endless shuffled micro-batches. Epoch e's order depends only on (seed, e), and the position is
         kept in the trainer state, so a run resumed from a checkpoint sees the same data as an unbroken one."""
-        data, bs = self.prepared.train, self.cfg.per_device_train_batch_size
+        data, bs = self.train_data, self.cfg.per_device_train_batch_size
         per_epoch = math.ceil(len(data) / bs)
         while True:
             epoch, pos = divmod(self.micro_batches_seen, per_epoch)

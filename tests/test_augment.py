@@ -50,7 +50,8 @@ def test_augmentation_adds_training_rows_only(tmp_path):
 
 def test_user_augmentation_function_from_a_file_relative_to_the_config(tmp_path):
     (tmp_path / "aug.py").write_text(
-        "def shout(row, rng):\n    return {**row, 'instruction': row['instruction'].upper() + '!' * rng.randint(1, 3)}\n")
+        "def shout(row, rng):\n"
+        "    return {**row, 'instruction': row['instruction'].upper() + '!' * rng.randint(1, 3)}\n")
     raw = small_config(tmp_path, train={"augmentation": "aug.py:shout", "augmentation_ratio": 1.0},
                        search={"strategy": "grid", "n_trials": 2, "space": {"augmentation_ratio": [0.0, 1.0]}})
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))

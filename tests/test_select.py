@@ -1,13 +1,19 @@
 """The selection phase and the baseline-vs-tuned table, on real tiny studies."""
 
 import csv
+import json
 
 import pytest
+import yaml
 from conftest import small_config
+from peft import AutoPeftModelForCausalLM, LoraConfig
+from transformers import TrainingArguments
+from typer.testing import CliRunner
 
 from lmtune import tune
-from lmtune.config import validate_config
-from lmtune.results import compare, write_comparison
+from lmtune.cli import app
+from lmtune.config import load_config, validate_config
+from lmtune.results import compare, load_study, write_comparison
 from lmtune.train.trainer import Trainer
 
 
@@ -56,3 +62,46 @@ def test_baseline_vs_tuned_table_files(tmp_path):
     with csv_path.open() as f:
         table = list(csv.reader(f))
     assert table[0] == ["name", "baseline", "tuned"] and ["learning_rate", "1e-05", "0.01"] in table
+
+
+def test_select_and_export_commands_on_a_lora_study(tmp_path, monkeypatch):
+    """`lmtune run`, then `lmtune select` and `lmtune export` on its study; the kept adapter loads with peft."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    raw = small_config(tmp_path, train={"use_lora": True, "lora_r": 4, "lora_alpha": 8.0, "optim": "sgd",
+                                        "lora_target_modules": ["q_proj", "v_proj"], "learning_rate": 3e-2},
+                       search={"strategy": "random", "n_trials": 2, "seed": 0,
+                               "space": {"learning_rate": {"low": 1e-2, "high": 1e-1, "log": True}}})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["run", "exp.yaml", "--quiet"]).exit_code == 0
+    res = runner.invoke(app, ["select", "exp.yaml", "--top-k", "1", "--seeds", "0,1"])
+    assert res.exit_code == 0, res.output
+    assert "selection: test eval_loss over seeds" in res.output and "*winner*" in res.output
+    study = load_config("exp.yaml")
+    st = load_study(study.storage, study.study_name)
+    sel = st.user_attrs["selection"]
+    assert len(sel["candidates"]) == 2 and all(sorted(r["per_seed"]) == ["0", "1"] for r in sel["candidates"])
+    assert all("eval_loss" in s["test"] for r in sel["candidates"] for s in r["per_seed"].values())
+    bad = runner.invoke(app, ["select", "exp.yaml", "--seeds", "0,0"])
+    assert bad.exit_code == 2 and "select.seeds" in bad.output
+
+    assert runner.invoke(app, ["export", "exp.yaml", "--format", "yaml", "-o", "tuned.yaml"]).exit_code == 0
+    winner = st.get_trials(deepcopy=False)[sel["winner"]].user_attrs["hparams"]
+    assert load_config("tuned.yaml").train.learning_rate == winner["learning_rate"]
+    res = runner.invoke(app, ["export", "exp.yaml", "--format", "trainingargs", "-o", "args.json"])
+    assert res.exit_code == 0, res.output
+    args = TrainingArguments(**json.loads((tmp_path / "args.json").read_text()))
+    assert args.learning_rate == winner["learning_rate"] and args.max_steps == 12 and args.optim == "sgd"
+    assert args.optim_args == "momentum=0.9"
+    extra = json.loads((tmp_path / "args.extra.json").read_text())
+    lora = LoraConfig(**extra["peft_lora_config"])
+    assert lora.r == 4 and set(lora.target_modules) == {"q_proj", "v_proj"}
+
+    # The kept adapter loads through peft on its base model and scores the validation loss that was stored.
+    kept = st.user_attrs["best_model"]
+    model = AutoPeftModelForCausalLM.from_pretrained(extra["tuned_model_dir"])
+    assert extra["tuned_model_dir"] == kept["dir"]
+    cfg = validate_config(raw)
+    trainer = Trainer(cfg.model, cfg.data, cfg.train).setup()
+    trainer.model = model
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(kept["metrics"]["eval_loss"], rel=1e-5)

@@ -1,8 +1,10 @@
-"""The `lmtune` command line: run, train, status, best."""
+"""The `lmtune` command line: run, train, select, status, best, export, report, dashboard."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lmtune.config import ExperimentConfig, load_config
+from lmtune.config import ExperimentConfig, load_config, validate_section
 from lmtune.errors import LmtuneError
 from lmtune.results import (
     SHOWN_METRICS,
@@ -208,13 +210,7 @@ def train(config: ConfigArg,
         except ValueError as e:
             raise LmtuneError(f"--set: {e}") from None
         quiet_libraries()
-        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
-            task = bar.add_task("train", total=None, info="")
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
-
+        with _step_bar("training") as on_step:
             trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
                               maximize=cfg.objective.direction == "maximize", progress=on_step).setup()
             result = trainer.train()
@@ -229,6 +225,19 @@ def train(config: ConfigArg,
             console.print(f"model saved to {trainer.save(train_cfg.output_dir, result)}")
     except LmtuneError as e:
         _fail(e)
+
+
+@contextlib.contextmanager
+def _step_bar(label: str) -> Iterator[Callable[[int, int, float], None]]:
+    """A progress bar over the optimizer steps of each training run (restarting per run); off when not a TTY."""
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(label, total=None, info="")
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
+
+        yield on_step
 
 
 def _open(config: Path | None, storage: str | None, study: str | None) -> optuna.Study:
@@ -262,6 +271,75 @@ def best(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOp
     """Best params and metrics, the baseline-vs-tuned comparison; writes the best config as YAML."""
     try:
         print_best(_open(config, storage, study), output)
+    except LmtuneError as e:
+        _fail(e)
+
+
+@app.command()
+def select(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None,
+           top_k: Annotated[int | None, typer.Option(help="configs to re-check (default: select.top_k, or 3)")] = None,
+           seeds: Annotated[str | None, typer.Option(help="comma-separated training seeds, e.g. 0,1,2")] = None,
+           rule: Annotated[str | None, typer.Option(help="mean | pessimistic (mean one std towards worse)")] = None,
+           output: Annotated[Path, typer.Option("-o", "--output", help="where to write the best config")] = Path(
+               "best.yaml")) -> None:
+    """Re-train the study's top-k configs (and the baseline) with several seeds, score them on the held-out test
+    split, and pick the robust winner; the result is stored in the study."""
+    from lmtune.config import SelectConfig
+    from lmtune.select import run_selection
+    from lmtune.study import quiet_libraries
+    from lmtune.trial import FineTuneObjective
+
+    try:
+        cfg = _load(config, storage, study)
+        options = {"top_k": top_k, "rule": rule,
+                   "seeds": [s.strip() for s in seeds.split(",")] if seeds is not None else None}
+        base = cfg.select.model_dump() if cfg.select else {}
+        cfg.select = validate_section(SelectConfig, {**base, **{k: v for k, v in options.items() if v is not None}},
+                                      "select")
+        st = load_study(cfg.storage, cfg.study_name)
+        quiet_libraries()
+        with _step_bar("selection") as on_step:
+            result = run_selection(cfg, st, FineTuneObjective(cfg, progress=on_step))
+        console.print(selection_table(result))
+        print_best(st, output)
+    except LmtuneError as e:
+        _fail(e)
+
+
+def selection_table(selection: dict[str, Any]) -> Table:
+    metric = selection["metric"]
+    table = Table(title=f"selection: test {metric} over seeds (rule: {selection['rule']})")
+    for col in ("trial", "search value", *(f"seed {s}" for s in selection["candidates"][0]["per_seed"]),
+                "test mean ± std", "validation mean", "gap"):
+        table.add_column(col)
+    for r in selection["candidates"]:
+        name = f"{r['trial']}" + (" (baseline)" if r["baseline"] else "") + (
+            " *winner*" if r["trial"] == selection["winner"] else "")
+        table.add_row(name, _fmt(r["search_value"]), *(_fmt(s["test"][metric]) for s in r["per_seed"].values()),
+                      f"{r['test_mean']:.4g} ± {r['test_std']:.3g}", _fmt(r["validation_mean"]), _fmt(r["gap"], 3),
+                      style="bold green" if r["trial"] == selection["winner"] else None)
+    return table
+
+
+@app.command("export")
+def export_(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOpt = None,
+            format_: Annotated[str, typer.Option("--format", help="yaml (lmtune config) | trainingargs (HF "
+                                                                  "TrainingArguments JSON)")] = "yaml",
+            output: Annotated[Path | None, typer.Option("-o", "--output", help="file to write (default: "
+                                                        "best.yaml or training_args.json)")] = None) -> None:
+    """Write the tuned hyperparameters (the selection winner when it ran) as lmtune YAML or HF TrainingArguments."""
+    from lmtune.export import export
+
+    try:
+        if format_ not in ("yaml", "trainingargs"):
+            raise LmtuneError(f"--format {format_!r}: choose yaml or trainingargs")
+        out = output or Path("best.yaml" if format_ == "yaml" else "training_args.json")
+        files = export(_open(config, storage, study), format_, out)
+        console.print(f"written: {', '.join(map(str, files))}", highlight=False)
+        if len(files) > 1:
+            console.print(f"{files[1]} holds what TrainingArguments has no field for (LoRA config, model dropout, "
+                          "early stopping callback, lmtune-only knobs) and the tuned model's directory",
+                          highlight=False)
     except LmtuneError as e:
         _fail(e)
 

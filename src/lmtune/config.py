@@ -10,13 +10,14 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import ConfigError
 
+_M = TypeVar("_M", bound=BaseModel)
 METRICS_TO_MAXIMIZE = ("exact_match", "token_f1", "tokens_per_second")
 METRICS_TO_MINIMIZE = ("eval_loss", "perplexity", "train_loss", "train_seconds")
 METRICS = METRICS_TO_MAXIMIZE + METRICS_TO_MINIMIZE
@@ -390,13 +391,14 @@ def _did_you_mean(name: str, options: tuple[str, ...] | list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f"; choose from {sorted(options)}"
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, section: tuple[str, ...] = ()) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        full = (*section, *e["loc"])
+        loc = ".".join(str(p) for p in full)
         if e["type"] == "extra_forbidden":
-            field = str(e["loc"][-1])
-            model = _model_at(e["loc"][:-1])
+            field = str(full[-1])
+            model = _model_at(full[:-1])
             hint = _did_you_mean(field, list(model.model_fields)) if model else ""
             lines.append(f"{loc}: unknown key{hint}")
         else:
@@ -447,6 +449,14 @@ def validate_config(data: dict[str, Any] | ExperimentConfig, source: str = "(dic
     if base_dir is not None:
         _resolve_paths(cfg, base_dir)
     return cfg
+
+
+def validate_section(model: type[_M], data: dict[str, Any], section: str, source: str = "(options)") -> _M:
+    """One section of the config (e.g. `select`) given on the command line, with the same messages as the YAML."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source, (section,))) from None
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

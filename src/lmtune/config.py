@@ -66,6 +66,7 @@ class DataConfig(_Strict):
     )
     max_length: int = Field(256, ge=8)
     packing: bool = False
+    max_train_samples: int | None = Field(None, ge=1, description="train on the first N training rows only")
 
     @field_validator("prompt_template")
     @classmethod
@@ -343,6 +344,61 @@ class SelectConfig(_Strict):
         return v
 
 
+class ProxyModelConfig(_Strict):
+    """How the proxy model differs from the target; any combination. Unset fields keep the target's value."""
+
+    name_or_path: str | None = Field(None, description="a smaller model of the same family, used as it is")
+    num_hidden_layers: int | None = Field(None, ge=1, description="keep the first N layers (weights kept)")
+    hidden_size: int | None = Field(None, ge=8, description="narrower model: a new random init")
+    intermediate_size: int | None = Field(None, ge=8)
+    num_attention_heads: int | None = Field(None, ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)
+
+    def shrinks(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump().items() if k != "name_or_path" and v is not None}
+
+
+class ProxyStageConfig(_Strict):
+    """Stage 1: the search runs on a cheap proxy of the target."""
+
+    model: ProxyModelConfig = Field(default_factory=ProxyModelConfig)
+    data_fraction: float = Field(1.0, gt=0, le=1, description="share of the training rows")
+    steps_fraction: float = Field(1.0, gt=0, le=1, description="share of max_steps (or num_train_epochs)")
+    n_trials: int | None = Field(None, ge=1, description="proxy trials; default search.n_trials")
+
+
+class LocalSearchConfig(_Strict):
+    """Stage 2's optional narrowed search around the best transferred config."""
+
+    n_trials: int = Field(4, ge=1)
+    factor: float = Field(2.0, gt=1, description="log dims: [v/factor, v*factor]; linear: v +- range/(2*factor)")
+
+
+class TransferConfig(_Strict):
+    """Stage 2: how the proxy's top configs move to the target."""
+
+    top_k: int = Field(3, ge=1)
+    learning_rate: Literal["width", "none"] | float = Field(
+        "width", description="width: x proxy hidden_size / target hidden_size (muP-style); none; or a factor")
+    batch_size: Literal["data", "none"] = Field(
+        "none", description="data: effective batch x target/proxy training rows, via gradient_accumulation_steps")
+    local_search: LocalSearchConfig | None = None
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive(cls, v: str | float) -> str | float:
+        if isinstance(v, float) and not (math.isfinite(v) and v > 0):
+            raise ValueError("a learning-rate transfer factor must be a positive number")
+        return v
+
+
+class StagesConfig(_Strict):
+    """Proxy tuning: tune on a small proxy, then re-run the top-k on the target (lmtune.proxy)."""
+
+    proxy: ProxyStageConfig = Field(default_factory=ProxyStageConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+
 class ExperimentConfig(_Strict):
     study_name: str = Field("lmtune", min_length=1)
     storage: str = "sqlite:///lmtune.db"
@@ -353,6 +409,16 @@ class ExperimentConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     select: SelectConfig | None = Field(None, description="run the selection phase after the search")
+    stages: StagesConfig | None = Field(None, description="tune on a proxy first, then transfer to the target")
+
+    @model_validator(mode="after")
+    def _stages(self) -> ExperimentConfig:
+        if self.stages is not None and self.search.strategy == "pbt":
+            raise ValueError("stages: proxy tuning transfers finished configs; population-based training "
+                             "changes them during a run. Use another search.strategy, or remove stages")
+        if self.stages is not None and self.search.n_trials is None and self.stages.proxy.n_trials is None:
+            raise ValueError("stages.proxy.n_trials: set it (or search.n_trials) so the proxy stage ends")
+        return self
 
     @model_validator(mode="before")
     @classmethod

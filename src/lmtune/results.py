@@ -45,8 +45,8 @@ def cost_of(trial: FrozenTrial) -> dict[str, float]:
 
 def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
     """Total cost; `fte` is the number of full-length training runs the study's steps add up to."""
-    total: dict[str, float] = {"trials": 0, "steps": 0, "tokens": 0, "train_seconds": 0.0, "wall_seconds": 0.0,
-                               "fte": 0.0}
+    total: dict[str, float] = {"trials": 0, "steps": 0, "tokens": 0, "flops": 0.0, "train_seconds": 0.0,
+                               "wall_seconds": 0.0, "fte": 0.0}
     for t in trials:
         if not t.state.is_finished():
             continue

@@ -23,6 +23,8 @@ from lmtune.storage import mask_url, open_storage
 from lmtune.strategies import create_pruner, create_sampler, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# An enqueued trial may fix training arguments outside the search space (proxy transfer does).
+OVERRIDES_ATTR = "overrides"
 
 
 @dataclass
@@ -159,6 +161,7 @@ class Study:
     def _run_trial(self, objective: Objective, trial: optuna.Trial) -> float:
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         params = self.space.suggest(trial, baseline=self.baseline if is_baseline else None)
+        params.update(trial.user_attrs.get(OVERRIDES_ATTR) or {})  # set by whoever enqueued the trial
         ctx = TrialContext(trial, params, self.metric, is_baseline)
         try:
             out = objective(ctx)
@@ -217,18 +220,44 @@ def open_study(cfg: ExperimentConfig) -> Study:
     )
 
 
+def open_tuning_study(cfg: ExperimentConfig) -> Study:
+    """The study of a config, with the config stored on first use (the report and `best` read it back)."""
+    study = open_study(cfg)
+    if "config" not in study.optuna.user_attrs:
+        study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
+    return study
+
+
 def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback] = (),
          trial_progress: Callable[[int, int, float], None] | None = None) -> Study:
     """Run (or resume) the tuning study an experiment config describes and return it."""
-    from lmtune.trial import FineTuneObjective, run_pbt
+    from lmtune.trial import FineTuneObjective
 
     cfg = validate_config(config)
     quiet_libraries()
     objective = FineTuneObjective(cfg, progress=trial_progress)
     objective.prepare()  # a bad dataset or model path fails here, before the study is touched
-    study = open_study(cfg)
-    if "config" not in study.optuna.user_attrs:
-        study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
+    if cfg.stages is not None:
+        from lmtune.proxy import run_stages
+
+        study = run_stages(cfg, objective, lambda c: search(c, FineTuneObjective(c, progress=trial_progress),
+                                                            callbacks), callbacks)
+    else:
+        study = search(cfg, objective, callbacks)
+    if cfg.select is not None:
+        from lmtune.select import run_selection, selection_is_current
+
+        if not selection_is_current(cfg, study.optuna):
+            run_selection(cfg, study.optuna, objective)
+    return study
+
+
+def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] = ()) -> Study:
+    """The search stage: the config's strategy and budget over its space, with a fine-tuning objective."""
+    from lmtune.trial import run_pbt
+
+    objective.prepare()
+    study = open_tuning_study(cfg)
     if cfg.search.strategy == "pbt":
         for member in run_pbt(cfg, study, objective):
             frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
@@ -237,11 +266,6 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
     else:
         study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks,
                        budget_fte=cfg.search.budget.fte, budget_device_hours=cfg.search.budget.device_hours)
-    if cfg.select is not None:
-        from lmtune.select import run_selection, selection_is_current
-
-        if not selection_is_current(cfg, study.optuna):
-            run_selection(cfg, study.optuna, objective)
     return study
 
 

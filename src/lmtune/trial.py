@@ -35,7 +35,7 @@ def trial_train_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig
 def cost_of(result: TrainResult) -> dict[str, float]:
     """Cost in optimizer steps, tokens, seconds and full-training equivalents (share of its full-length run)."""
     return {"steps": result.steps, "planned_steps": result.planned_steps, "tokens": result.tokens,
-            "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
+            "flops": result.flops, "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
             "fte": result.steps / max(result.planned_steps, 1)}
 
 

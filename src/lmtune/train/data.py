@@ -124,7 +124,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         b = cfg.builtin
         raw = splits(b.n_train, b.n_validation, b.n_test, b.seed, b.tasks)
         conv = {k: [to_example(r, f"builtin {k} row {i}") for i, r in enumerate(rows)] for k, rows in raw.items()}
-        return Splits(conv["train"], conv["validation"], conv["test"])
+        return Splits(conv["train"][: cfg.max_train_samples], conv["validation"], conv["test"])
     rows = read_examples(cfg.path)
     rng = random.Random(cfg.split_seed)
     order = list(range(len(rows)))
@@ -138,7 +138,7 @@ def load_splits(cfg: DataConfig) -> Splits:
                         "add rows or give data.validation_path / data.test_path")
     picked = [rows[i] for i in order]
     return Splits(
-        train=picked[n_val + n_test:],
+        train=picked[n_val + n_test:][: cfg.max_train_samples],
         validation=val if val is not None else picked[:n_val],
         test=test if test is not None else picked[n_val:n_val + n_test],
     )

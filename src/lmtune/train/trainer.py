@@ -90,6 +90,7 @@ class TrainResult:
     steps: int = 0
     planned_steps: int = 0
     tokens: int = 0
+    flops: float = 0.0  # 6 x parameters x tokens: the usual training-compute estimate, comparable across models
     train_seconds: float = 0.0
     wall_seconds: float = 0.0
     stop_reason: str | None = None  # "early_stopping" | "report" | None for a full run
@@ -198,6 +199,7 @@ class Trainer:
                 raise DivergedError(f"diverged: training loss is {loss} at step {step}")
             result.train_seconds += time.perf_counter() - t0
             result.tokens += tokens
+            result.flops += 6.0 * self.n_params * tokens
             result.steps = step
             self._loss_sum_since_eval += loss
             self._steps_since_eval += 1

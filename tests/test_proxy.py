@@ -1,0 +1,98 @@
+"""Proxy tuning: stage 1 on a shrunk model, data and run; stage 2 re-runs the transferred top-k on the target."""
+
+import pytest
+import torch
+from conftest import small_config
+from transformers import AutoModelForCausalLM
+
+from lmtune import tune
+from lmtune.config import ParamSpec, TransferConfig, validate_config
+from lmtune.errors import ConfigError
+from lmtune.proxy import narrowed_space, transfer
+from lmtune.results import load_study
+from lmtune.train.model import resolve_path
+
+
+def test_transfer_rules():
+    params = {"learning_rate": 4e-3, "weight_decay": 0.05, "max_steps": 50}
+    moved, extra = transfer(params, TransferConfig(learning_rate="width", batch_size="data"), width_ratio=0.5,
+                            data_ratio=3.0, steps_ratio=2.0, base_accumulation=2)
+    assert moved == {"learning_rate": 2e-3, "weight_decay": 0.05, "max_steps": 100}
+    assert extra == {"gradient_accumulation_steps": 6}  # effective batch x3, micro-batch (memory) unchanged
+    moved, extra = transfer({"learning_rate": 4e-3, "gradient_accumulation_steps": 2},
+                            TransferConfig(learning_rate=0.25, batch_size="none"), 0.5, 3.0, 1.0, 1)
+    assert moved == {"learning_rate": 1e-3, "gradient_accumulation_steps": 2} and extra == {}
+    assert transfer(params, TransferConfig(learning_rate="none"), 0.5, 1.0, 1.0, 1)[0]["learning_rate"] == 4e-3
+
+
+def test_narrowed_space_centres_on_the_transferred_config():
+    space = {"learning_rate": ParamSpec(type="float", low=1e-4, high=1e-1, log=True),
+             "warmup_ratio": ParamSpec(type="float", low=0.0, high=0.2),
+             "optim": ParamSpec(type="categorical", choices=["adamw", "sgd"])}
+    out = narrowed_space(space, {"learning_rate": 2e-3, "warmup_ratio": 0.01, "optim": "sgd"}, factor=2.0)
+    assert (out["learning_rate"].low, out["learning_rate"].high) == pytest.approx((1e-3, 4e-3))
+    assert (out["warmup_ratio"].low, out["warmup_ratio"].high) == pytest.approx((0.0, 0.06))
+    assert out["optim"] == space["optim"]
+
+
+def test_proxy_then_target_end_to_end(tmp_path):
+    cfg = small_config(
+        tmp_path, train={"max_steps": 12, "eval_steps": 6},
+        search={"strategy": "random", "n_trials": 3, "seed": 0,
+                "space": {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}}},
+        stages={"proxy": {"model": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 96,
+                                    "num_attention_heads": 1},
+                          "data_fraction": 0.5, "steps_fraction": 0.5},
+                "transfer": {"top_k": 2, "learning_rate": "width", "batch_size": "data",
+                             "local_search": {"n_trials": 1, "factor": 2.0}}},
+        select={"top_k": 1, "seeds": [0]})
+    study = tune(cfg)
+    proxy = load_study(cfg["storage"], "test-proxy")
+    assert len(proxy.trials) == 3
+    for t in proxy.trials:
+        assert t.user_attrs["cost"]["planned_steps"] == 6  # half the steps...
+    proxy_dir = tmp_path / "runs" / "test"
+    built = [p for p in proxy_dir.iterdir() if p.name.startswith("proxy-model")]
+    assert len(built) == 1 and AutoModelForCausalLM.from_pretrained(built[0]).config.hidden_size == 32
+    # Stage 2: the baseline, the 2 transferred configs, 1 local-search trial; the selection ran on the target.
+    trials = study.trials
+    assert len(trials) == 4 and sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+    moved = [t for t in trials if "transferred_from" in t.user_attrs]
+    assert len(moved) == 2
+    for t in moved:
+        source = proxy.trials[t.user_attrs["transferred_from"]]
+        assert t.params["learning_rate"] == pytest.approx(source.params["learning_rate"] * 32 / 64)  # width rule
+        assert t.user_attrs["hparams"]["gradient_accumulation_steps"] == 2  # data rule: 2x the rows
+        assert t.user_attrs["cost"]["planned_steps"] == 12
+    best_moved = max(moved, key=lambda t: -t.user_attrs["proxy_value"])  # eval_loss: lowest proxy loss first
+    local = next(t for t in trials if not t.user_attrs.get("baseline") and "transferred_from" not in t.user_attrs)
+    lr0 = best_moved.params["learning_rate"]
+    assert lr0 / 2 <= local.params["learning_rate"] <= lr0 * 2
+    info = study.optuna.user_attrs["stages"]
+    assert info["proxy_study"] == "test-proxy" and info["width_ratio"] == 0.5 and info["data_ratio"] == 2.0
+    assert 0 < info["proxy_fte_target"] < 3 * 0.5  # 3 proxy runs cost far less than 3 target runs
+    assert study.optuna.user_attrs["selection"]["candidates"]
+    # Resuming does nothing more in either stage.
+    again = tune(cfg)
+    assert len(again.trials) == 4 and len(load_study(cfg["storage"], "test-proxy").trials) == 3
+
+
+def test_layer_dropped_proxy_keeps_the_targets_weights(tmp_path):
+    from lmtune.proxy import build_proxy_model
+
+    cfg = validate_config(small_config(tmp_path, stages={"proxy": {"model": {"num_hidden_layers": 1}}}))
+    proxy = AutoModelForCausalLM.from_pretrained(build_proxy_model(cfg))
+    target = AutoModelForCausalLM.from_pretrained(resolve_path(cfg.model))
+    assert proxy.config.num_hidden_layers == 1 and target.config.num_hidden_layers == 2
+    t_state = target.state_dict()
+    for name, tensor in proxy.state_dict().items():
+        assert torch.equal(tensor, t_state[name]), name
+
+
+def test_stages_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="population-based training"):
+        validate_config(small_config(tmp_path, search={"strategy": "pbt"}, stages={}))
+    with pytest.raises(ConfigError, match="stages.proxy.data_fraction"):
+        validate_config(small_config(tmp_path, stages={"proxy": {"data_fraction": 0}}))
+    with pytest.raises(ConfigError, match="stages.transfer.learning_rate"):
+        validate_config(small_config(tmp_path, stages={"transfer": {"learning_rate": "depth"}}))

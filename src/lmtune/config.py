@@ -365,6 +365,15 @@ class ProxyStageConfig(_Strict):
     data_fraction: float = Field(1.0, gt=0, le=1, description="share of the training rows")
     steps_fraction: float = Field(1.0, gt=0, le=1, description="share of max_steps (or num_train_epochs)")
     n_trials: int | None = Field(None, ge=1, description="proxy trials; default search.n_trials")
+    metric: str | None = Field(None, description="the proxy's objective; default objective.metric. eval_loss is "
+                               "less noisy than exact_match on short proxy runs")
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; choose from {list(METRICS)}")
+        return v
 
 
 class LocalSearchConfig(_Strict):

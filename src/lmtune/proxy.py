@@ -25,7 +25,7 @@ import torch
 from optuna.trial import TrialState
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lmtune.config import ExperimentConfig, ParamSpec, StagesConfig, TransferConfig, run_dir
+from lmtune.config import ExperimentConfig, ObjectiveConfig, ParamSpec, StagesConfig, TransferConfig, run_dir
 from lmtune.errors import LmtuneError
 from lmtune.results import BASELINE_ATTR, cost_of
 from lmtune.study import OVERRIDES_ATTR, Callback, Study, open_tuning_study
@@ -89,10 +89,11 @@ def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int) -> Expe
     train = cfg.train.model_copy(update=_scaled_length(cfg, p.steps_fraction))
     data = cfg.data.model_copy(update={"max_train_samples": max(1, round(p.data_fraction * n_train))})
     search = cfg.search.model_copy(update={"n_trials": p.n_trials or cfg.search.n_trials})
+    objective = ObjectiveConfig(metric=p.metric) if p.metric else cfg.objective
     return cfg.model_copy(update={
         "study_name": f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
             "name_or_path": str(proxy_model)}), "data": data, "train": train, "search": search, "select": None,
-        "stages": None})
+        "stages": None, "objective": objective})
 
 
 def _scaled_length(cfg: ExperimentConfig, fraction: float) -> dict[str, Any]:

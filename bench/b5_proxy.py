@@ -1,0 +1,185 @@
+"""B5: proxy tuning (`stages:`) vs tuning the target directly, on the built-in task: regret and FTE.
+
+Target = the B1 task (`builtin:tiny`, 3,000 train / 200 validation rows, batch 32, `--steps` steps, warm-up 10 %,
+exact match on all 200 validation rows, training seed 42) and the B1 space (`learning_rate` log-uniform in
+[1e-4, 3e-2], `lr_scheduler_type` in {linear, cosine, constant_with_warmup}). Regret of a chosen config =
+B1 oracle (best 3-seed mean exact match on the 24-point grid, `bench/b1_oracle.json`) minus the chosen config's own
+mean exact match over the oracle's seeds 42, 43, 44 (trained here, cached in the results file). FTE is counted in
+target full-training equivalents by training FLOPs (6 x parameters x tokens), so a proxy trial costs what its
+compute costs relative to one full target run.
+
+Variants (each with search seeds `--seeds`):
+- ``direct``: TPE (5 startup trials) on the target, `--direct-trials` trials; regret of the best trial after 5 and
+  after all trials.
+- ``proxy-width``: stage 1 TPE on a proxy (2 layers, hidden 64, 2 heads: a fresh init like the target's; half the
+  training rows; half the steps), `--proxy-trials` trials; stage 2 re-runs the top 3 on the target with the
+  learning rate x (proxy width / target width) = x 0.5.
+- ``proxy-none``: the same stage 1, learning rate carried over unchanged (the ablation of the transfer rule).
+- ``proxy-loss``: like proxy-width, but the proxy optimises eval_loss (less noisy on short runs).
+
+    .venv/bin/python bench/b5_proxy.py                     # every variant, seeds 0,1,2; prints the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = ("direct", "proxy-width", "proxy-none", "proxy-loss")
+SEEDS = (42, 43, 44)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def base(args: argparse.Namespace, name: str, db: Path) -> dict[str, Any]:
+    return {
+        "study_name": name, "storage": f"sqlite:///{db}", "output_dir": str(args.workdir / "runs"),
+        "model": {"name_or_path": "builtin:tiny"},
+        "data": {"builtin": {"n_train": 3000, "n_validation": 200, "n_test": 200, "seed": 0}},
+        "train": {"per_device_train_batch_size": 32, "max_steps": args.steps, "eval_steps": args.steps,
+                  "eval_max_samples": 200, "warmup_ratio": 0.1, "seed": 42, "learning_rate": 1e-3,
+                  "lr_scheduler_type": "linear", "torch_num_threads": args.threads, "device": "cpu"},
+        "search": {"strategy": "tpe", "n_startup_trials": 5, "baseline": False, "n_trials": args.direct_trials,
+                   "space": {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
+                             "lr_scheduler_type": ["linear", "cosine", "constant_with_warmup"]}},
+        "objective": {"metric": "exact_match"},
+    }
+
+
+def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    db = args.workdir / f"{variant}-s{seed}.db"
+    cfg = base(args, f"b5-{variant}-s{seed}", db)
+    cfg["search"]["seed"] = seed
+    if variant != "direct":
+        cfg["stages"] = {
+            "proxy": {"model": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 192,
+                                "num_attention_heads": 2},
+                      "data_fraction": 0.5, "steps_fraction": 0.5, "n_trials": args.proxy_trials,
+                      **({"metric": "eval_loss"} if variant == "proxy-loss" else {})},
+            "transfer": {"top_k": 3, "learning_rate": "none" if variant == "proxy-none" else "width"}}
+    return cfg
+
+
+def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from lmtune import tune
+    from lmtune.results import cost_of
+
+    cfg = variant_config(variant, seed, args)
+    t0 = time.perf_counter()
+    study = tune(cfg)
+    seconds = time.perf_counter() - t0
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    full_flops = statistics.fmean(cost_of(t)["flops"] for t in done)
+    out: dict[str, Any] = {"seconds": seconds, "target_trials": len(study.trials)}
+    if variant == "direct":
+        ordered = sorted(done, key=lambda t: t.number)
+        for k in (5, len(ordered)):
+            best = max(ordered[:k], key=lambda t: t.value)
+            out[f"after_{k}"] = {"fte": float(k), "config": best.params, "search_value": best.value}
+    else:
+        info = study.optuna.user_attrs["stages"]
+        best = max(done, key=lambda t: t.value)
+        from lmtune.results import load_study
+
+        proxy = load_study(cfg["storage"], info["proxy_study"])
+        proxy_flops = sum(cost_of(t)["flops"] for t in proxy.trials)
+        out["final"] = {"fte": proxy_flops / full_flops + len(done), "proxy_fte_target": proxy_flops / full_flops,
+                        "config": best.params, "search_value": best.value,
+                        "proxy_best": max(t.value for t in proxy.trials if t.value is not None)}
+    return out
+
+
+def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str, Any]) -> float:
+    """Mean validation exact match over the oracle's seeds, as the oracle was measured."""
+    from lmtune.config import validate_config
+    from lmtune.train.trainer import Trainer
+    from lmtune.trial import trial_train_config
+
+    key = f"{config['learning_rate']:.6g}|{config['lr_scheduler_type']}"
+    if key not in cache:
+        cfg = validate_config(base(args, "eval", args.workdir / "eval.db"))
+        scores = []
+        for s in SEEDS:
+            train = trial_train_config(cfg.train, {**config, "seed": s})
+            scores.append(Trainer(cfg.model, cfg.data, train, objective_metric="exact_match",
+                                  maximize=True).setup().train().metrics["exact_match"])
+        cache[key] = {"seeds": scores, "mean": statistics.fmean(scores)}
+        log(f"  true score {key}: {scores} -> {cache[key]['mean']:.4f}")
+    return cache[key]["mean"]
+
+
+def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> str:
+    rows = ["| variant | FTE spent (seed " + ", ".join(map(str, args.seeds)) + ") | median FTE | regret per seed "
+            "| median regret | chosen configs | wall s |", "|---|---|---:|---|---:|---|---:|"]
+    cache = results["true_scores"]
+    entries: list[tuple[str, str, str]] = [("direct", "after_5", "direct TPE, 5 trials"),
+                                           ("direct", f"after_{args.direct_trials}",
+                                            f"direct TPE, {args.direct_trials} trials"),
+                                           ("proxy-width", "final", "proxy → target, LR × width ratio"),
+                                           ("proxy-none", "final", "proxy → target, LR carried over"),
+                                           ("proxy-loss", "final", "proxy (eval_loss) → target, LR × width")]
+    for variant, point, label in entries:
+        runs = [results["runs"].get(f"{variant}-s{s}") for s in args.seeds]
+        if any(r is None for r in runs):
+            continue
+        ftes = [r[point]["fte"] for r in runs]
+        regrets = [oracle - cache[f"{r[point]['config']['learning_rate']:.6g}|"
+                                  f"{r[point]['config']['lr_scheduler_type']}"]["mean"] for r in runs]
+        configs = "; ".join(f"{r[point]['config']['learning_rate']:.2g} {r[point]['config']['lr_scheduler_type']}"
+                            for r in runs)
+        wall = sum(r["seconds"] for r in runs) if point != "after_5" else float("nan")
+        rows.append(f"| {label} | {', '.join(f'{f:.2f}' for f in ftes)} | {statistics.median(ftes):.2f} | "
+                    f"{', '.join(f'{g:+.4f}' for g in regrets)} | {statistics.median(regrets):+.4f} | {configs} | "
+                    f"{'' if math.isnan(wall) else f'{wall:.0f}'} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--direct-trials", type=int, default=8)
+    p.add_argument("--proxy-trials", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b5"))
+    args = p.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    oracle_data = json.loads((HERE / "b1_oracle.json").read_text())
+    if oracle_data["steps"] != args.steps:
+        sys.exit(f"bench/b1_oracle.json was made for {oracle_data['steps']} steps; pass --steps {oracle_data['steps']}")
+    oracle = oracle_data["oracle"]
+    path = args.workdir / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}, "true_scores": {}}
+    results["command"] = shlex.join([".venv/bin/python", "bench/b5_proxy.py", *sys.argv[1:]])
+    for variant in args.variants.split(","):
+        for seed in args.seeds:
+            name = f"{variant}-s{seed}"
+            if name not in results["runs"]:
+                log(f"{name} ...")
+                results["runs"][name] = run_variant(variant, seed, args)
+                path.write_text(json.dumps(results, indent=1))
+            for point in results["runs"][name].values():
+                if isinstance(point, dict):
+                    true_score(point["config"], args, results["true_scores"])
+                    path.write_text(json.dumps(results, indent=1))
+    print(f"oracle (B1, 3-seed mean exact match): {oracle:.4f}")
+    print(table(results, oracle, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -365,6 +365,8 @@ class ProxyStageConfig(_Strict):
     data_fraction: float = Field(1.0, gt=0, le=1, description="share of the training rows")
     steps_fraction: float = Field(1.0, gt=0, le=1, description="share of max_steps (or num_train_epochs)")
     n_trials: int | None = Field(None, ge=1, description="proxy trials; default search.n_trials")
+    study_name: str | None = Field(None, min_length=1, description="default <study_name>-proxy; name an existing "
+                                   "proxy study to try other transfer rules without re-tuning the proxy")
     metric: str | None = Field(None, description="the proxy's objective; default objective.metric. eval_loss is "
                                "less noisy than exact_match on short proxy runs")
 

@@ -91,7 +91,7 @@ def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int) -> Expe
     search = cfg.search.model_copy(update={"n_trials": p.n_trials or cfg.search.n_trials})
     objective = ObjectiveConfig(metric=p.metric) if p.metric else cfg.objective
     return cfg.model_copy(update={
-        "study_name": f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
+        "study_name": p.study_name or f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
             "name_or_path": str(proxy_model)}), "data": data, "train": train, "search": search, "select": None,
         "stages": None, "objective": objective})
 

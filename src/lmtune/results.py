@@ -95,14 +95,16 @@ def compare(study: optuna.Study) -> Comparison | None:
     metric = metric_of(study)
     rows: list[tuple[str, Any, Any]] = []
     b_h, t_h = (base.user_attrs.get("hparams", {}) if base else {}), tuned.user_attrs.get("hparams", {})
-    for key in SEARCHABLE:
-        if key in t_h and b_h.get(key) != t_h.get(key):
+    searched = set((study.user_attrs.get("config") or {}).get("search", {}).get("space", {}))
+    for key in SEARCHABLE:  # every searched hyperparameter, and any other that differs
+        if key in t_h and (key in searched or b_h.get(key) != t_h.get(key)):
             rows.append((key, b_h.get(key), t_h.get(key)))
     b_m = base.user_attrs.get("metrics", {}) if base else {}
     t_m = tuned.user_attrs.get("metrics", {})
     for key in dict.fromkeys((metric, *SHOWN_METRICS)):
         if key in t_m:
-            rows.append((f"validation {key}", b_m.get(key), t_m[key]))
+            label = "training tokens/s" if key == "tokens_per_second" else f"validation {key}"
+            rows.append((label, b_m.get(key), t_m[key]))
     selection = study.user_attrs.get("selection")
     test = {r["trial"]: r for r in selection["candidates"]} if selection else {}
     if test:

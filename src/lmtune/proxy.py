@@ -150,7 +150,8 @@ def narrowed_space(space: dict[str, ParamSpec], center: dict[str, Any], factor: 
             if spec.low >= 0:
                 low = max(0.0, low)
         if spec.type == "int":
-            low, high = max(1.0 if spec.log else low, math.floor(low)), math.ceil(high)
+            low, high = math.floor(low), math.ceil(high)
+            low = max(low, 1) if spec.log else low
         out[name] = spec.model_copy(update={"low": low, "high": max(high, low), "step": spec.step})
     return out
 

@@ -67,7 +67,7 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[st
             "proxy": {"model": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 192,
                                 "num_attention_heads": 2},
                       "data_fraction": 0.5, "steps_fraction": 0.5, "n_trials": args.proxy_trials,
-                      "study_name": f"b5-proxy-{'loss' if variant == 'proxy-loss' else 'em'}-s{seed}",
+                      "study_name": f"b5-proxy-{'eval-loss' if variant == 'proxy-loss' else 'em'}-s{seed}",
                       **({"metric": "eval_loss"} if variant == "proxy-loss" else {})},
             "transfer": {"top_k": 3, "learning_rate": "none" if variant == "proxy-none" else "width"}}
     return cfg

@@ -94,5 +94,7 @@ def test_stages_config_errors(tmp_path):
         validate_config(small_config(tmp_path, search={"strategy": "pbt"}, stages={}))
     with pytest.raises(ConfigError, match="stages.proxy.data_fraction"):
         validate_config(small_config(tmp_path, stages={"proxy": {"data_fraction": 0}}))
+    with pytest.raises(ConfigError, match="a name of its own"):
+        validate_config(small_config(tmp_path, stages={"proxy": {"study_name": "test"}}))
     with pytest.raises(ConfigError, match="stages.transfer.learning_rate"):
         validate_config(small_config(tmp_path, stages={"transfer": {"learning_rate": "depth"}}))

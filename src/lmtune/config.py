@@ -427,6 +427,9 @@ class ExperimentConfig(_Strict):
         if self.stages is not None and self.search.strategy == "pbt":
             raise ValueError("stages: proxy tuning transfers finished configs; population-based training "
                              "changes them during a run. Use another search.strategy, or remove stages")
+        if self.stages is not None and self.stages.proxy.study_name == self.study_name:
+            raise ValueError("stages.proxy.study_name: the proxy study needs a name of its own; it is "
+                             f"{self.study_name!r}, the target study's")
         if self.stages is not None and self.search.n_trials is None and self.stages.proxy.n_trials is None:
             raise ValueError("stages.proxy.n_trials: set it (or search.n_trials) so the proxy stage ends")
         return self

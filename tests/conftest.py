@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +44,61 @@ def small_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def config(tmp_path: Path) -> dict[str, Any]:
     return small_config(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PG_PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A private PostgreSQL server on 127.0.0.1 for this test session; yields a URL with user and password.
+
+    `make test` installs the Debian packages; a local run without them skips, CI (CI set) fails instead."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) are missing: `make test` installs them")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="lmtune-pg-"))  # not under pytest's 0700 folder: postgres must enter
+    data, sock, port = root / "data", root / "sock", free_port()
+    sock.mkdir()
+    (root / "pw").write_text(PG_PASSWORD)
+    user = ["--username", "lmtune"]
+    as_postgres = _as_postgres_user(root)
+    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), *user, "--auth=scram-sha-256",
+                    f"--pwfile={root / 'pw'}", "-E", "UTF8"], check=True, capture_output=True)
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=100"
+    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"),
+                    "-w", "start"], check=True, capture_output=True)
+    try:
+        env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), *user, "lmtune"],
+                       check=True, capture_output=True, env=env)
+        yield f"postgresql://lmtune:{PG_PASSWORD}@127.0.0.1:{port}/lmtune"
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+def _as_postgres_user(root: Path) -> list[str]:
+    """initdb refuses to run as root: run the server as the `postgres` user the Debian package creates."""
+    if os.geteuid() != 0:
+        return []
+    for p in (root, *root.iterdir()):
+        shutil.chown(p, "postgres")
+    return ["runuser", "-u", "postgres", "--"]

@@ -1,4 +1,4 @@
-"""The `lmtune` command line: run, train, select, status, best, export, report, dashboard."""
+"""The `lmtune` command line: run, worker, train, select, status, best, export, report, dashboard."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Annotated, Any
 import optuna
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lmtune.config import ExperimentConfig, load_config, validate_section
+from lmtune.config import ExecutorConfig, ExperimentConfig, load_config, validate_section
 from lmtune.errors import LmtuneError
 from lmtune.results import (
     SHOWN_METRICS,
@@ -122,7 +123,11 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         storage: StorageOpt = None, study: StudyOpt = None,
         output: Annotated[Path, typer.Option("-o", "--output", help="where to write the best config")] = Path(
             "best.yaml"),
-        quiet: Annotated[bool, typer.Option(help="no live display")] = False) -> None:
+        quiet: Annotated[bool, typer.Option(help="no live display")] = False,
+        workers: Annotated[int | None, typer.Option(help="trials in parallel, each in its own process "
+                                                         "(override executor.workers)")] = None,
+        executor: Annotated[str | None, typer.Option(help="local or ray (override executor.type)")] = None,
+        address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None) -> None:
     """Run (or resume) the tuning study a config describes, then show the best config against the baseline."""
     from lmtune.study import tune
 
@@ -132,6 +137,7 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
             cfg.search.n_trials = n_trials
         if timeout is not None:
             cfg.search.timeout = timeout
+        _set_executor(cfg, workers, executor, address)
         live = not quiet and console.is_terminal
         display = _LiveDisplay(cfg) if live else None
         callbacks = [display.on_trial_end if display else _log_trial]
@@ -142,6 +148,35 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
             result = tune(cfg, callbacks=callbacks)
         console.print(trials_table(result.optuna, title=f"study {result.name}"))
         print_best(result.optuna, output)
+    except LmtuneError as e:
+        _fail(e)
+
+
+def _set_executor(cfg: ExperimentConfig, workers: int | None, executor: str | None, address: str | None) -> None:
+    overrides = {k: v for k, v in {"workers": workers, "type": executor, "address": address}.items()
+                 if v is not None}
+    try:
+        cfg.executor = ExecutorConfig.model_validate({**cfg.executor.model_dump(), **overrides})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise LmtuneError(f"--workers/--executor/--address: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+@app.command()
+def worker(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None,
+           index: Annotated[int | None, typer.Option(help="this worker's number: offsets the sampler seed and "
+                                                          "picks its GPUs (default: from the process id)")] = None
+           ) -> None:
+    """Join a shared study (e.g. on PostgreSQL) from this machine and run trials until its budget is spent.
+
+    Start one per machine (or per GPU, with --index); each trial runs in its own child process."""
+    import os
+
+    from lmtune.executors.local import work
+
+    try:
+        cfg = _load(config, storage, study)
+        work(cfg, worker=os.getpid() if index is None else index, callbacks=[_log_trial])
     except LmtuneError as e:
         _fail(e)
 

@@ -408,6 +408,23 @@ class StagesConfig(_Strict):
 
     proxy: ProxyStageConfig = Field(default_factory=ProxyStageConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+class ExecutorConfig(_Strict):
+    """Where trials run. Without `workers`, one trial at a time in the `lmtune run` process."""
+
+    type: Literal["local", "ray"] = Field("local", description="local worker processes, or Ray tasks")
+    workers: int | None = Field(None, ge=1, description="trials run in parallel (local: worker processes)")
+    gpus_per_trial: float = Field(1, ge=0, description="GPUs given to each trial (CUDA_VISIBLE_DEVICES / Ray)")
+    threads_per_trial: int | None = Field(None, ge=1, description="CPU threads per trial; None = cores/workers")
+    address: str | None = Field(None, description="ray: cluster address such as 'auto'; None starts a local Ray")
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(120, ge=2, description="seconds without heartbeat before a trial counts as dead")
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> ExecutorConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval "
+                             f"({self.heartbeat_interval}), or every live trial would look dead")
+        return self
 
 
 class ExperimentConfig(_Strict):
@@ -421,6 +438,7 @@ class ExperimentConfig(_Strict):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     select: SelectConfig | None = Field(None, description="run the selection phase after the search")
     stages: StagesConfig | None = Field(None, description="tune on a proxy first, then transfer to the target")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @model_validator(mode="after")
     def _stages(self) -> ExperimentConfig:
@@ -440,6 +458,13 @@ class ExperimentConfig(_Strict):
         from lmtune.presets import apply_preset
 
         return apply_preset(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _pbt_runs_its_own_workers(self) -> ExperimentConfig:
+        if self.search.strategy == "pbt" and (self.executor.workers is not None or self.executor.type == "ray"):
+            raise ValueError("executor: search.strategy pbt trains its population in search.pbt.workers local "
+                             "processes; remove executor.workers / executor.type ray (or --workers/--executor)")
+        return self
 
     @field_validator("storage")
     @classmethod

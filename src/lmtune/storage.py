@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import warnings
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+from sqlalchemy import text
 
 from lmtune.errors import ConfigError
 
@@ -18,8 +23,14 @@ def mask_url(url: str) -> str:
     return _PASSWORD.sub(r"\1***\3", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """`memory://` keeps the study in this process only (benchmarks, quick experiments)."""
+def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120) -> optuna.storages.BaseStorage:
+    """`memory://` keeps the study in this process only (benchmarks, quick experiments).
+
+    Every running trial writes a heartbeat each `heartbeat_interval` seconds. A trial whose heartbeat is older
+    than `grace_period` (its worker was killed) is marked failed by the next worker that starts a trial, and its
+    parameters are enqueued once more (Optuna's RetryHeartbeatStaleTrialCallback), so a crash costs one retry, not a
+    zombie RUNNING trial.
+    """
     if url == "memory://":
         return optuna.storages.InMemoryStorage()
     if url.startswith("postgresql://"):
@@ -32,9 +43,42 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         # Heartbeats let a later run see that a trial's process died instead of leaving it RUNNING forever.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                                              engine_kwargs={"pool_pre_ping": True})
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # SQLAlchemy raises many types: bad driver, refused connection, bad password
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"storage {mask_url(url)!r} cannot be opened: {mask_url(reason)}; check the URL, "
                           "that the server is running and the credentials") from None
+
+
+_process_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+    """Serialise "count the trials, then start one" between all workers of a study, so a budget of N trials
+    ends with exactly N: a PostgreSQL advisory lock (released by the server if the worker dies), a file lock
+    beside a SQLite database, a process lock for in-memory storage. Other databases get no lock: concurrent
+    workers may then overshoot n_trials by up to one trial each."""
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.url.database in (None, "", ":memory:"):
+        with _process_lock:
+            yield
+    elif engine.dialect.name == "postgresql":
+        with engine.begin() as conn:  # the transaction-scoped lock is released at commit, or when the worker dies
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                         {"key": zlib.crc32(f"lmtune:{study_name}".encode())})
+            yield
+    elif engine.dialect.name == "sqlite":
+        import fcntl
+
+        with open(f"{engine.url.database}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:
+        yield

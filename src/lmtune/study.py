@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +21,53 @@ from lmtune.config import ExperimentConfig, ParamSpec, validate_config
 from lmtune.errors import ConfigError
 from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
-from lmtune.storage import mask_url, open_storage
+from lmtune.storage import mask_url, open_storage, study_lock
 from lmtune.strategies import create_pruner, create_sampler, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # An enqueued trial may fix training arguments outside the search space (proxy transfer does).
 OVERRIDES_ATTR = "overrides"
+
+
+def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """Finished trials that count against n_trials: a trial failed because its worker died and then retried
+    (Optuna's RetryHeartbeatStaleTrialCallback) is replaced by its retry, so a crash does not eat the budget."""
+    trials = list(trials)
+    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    return [t for t in trials if t.state in FINISHED and t.number not in retried]
+
+
+class BudgetSpent(Exception):
+    """Every trial of the n_trials budget has finished; raised by `SharedStudy.ask` to end `optimize`."""
+
+
+class SharedStudy(optuna.Study):
+    """An Optuna study whose `ask` keeps an n_trials budget exact across every worker on the same storage.
+
+    Optuna's MaxTrialsCallback stops a worker after its own trial, so N workers overshoot by up to N-1. Here a
+    trial starts only while counted-finished plus running trials are below the budget, checked and started
+    under `study_lock`. When the remaining trials all run elsewhere, the worker waits: they either finish
+    (then it stops) or go stale (their worker died: it marks them failed, picks up their retry, and runs it).
+    """
+
+    budget: int | None = None
+    poll_seconds = 1.0
+
+    def ask(self, fixed_distributions: dict[str, optuna.distributions.BaseDistribution] | None = None
+            ) -> optuna.Trial:
+        while self.budget is not None:
+            with study_lock(self._storage, self.study_name):
+                trials = self.get_trials(deepcopy=False)
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                if len(counted(trials)) + len(running) < self.budget:
+                    return super().ask(fixed_distributions)
+            if not running:
+                raise BudgetSpent
+            time.sleep(self.poll_seconds)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self)
+        return super().ask(fixed_distributions)
 
 
 @dataclass
@@ -63,10 +106,32 @@ class TrialContext:
 
 Objective = Callable[[TrialContext], "float | Mapping[str, float]"]
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+Execute = Callable[[Objective, TrialContext], float]
+
+
+def evaluate(objective: Objective, ctx: TrialContext) -> float:
+    """Run the objective on one trial and record its metrics; raise TrialPruned if the strategy stopped it."""
+    trial = ctx.trial
+    try:
+        out = objective(ctx)
+    except Exception as e:
+        trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+        raise
+    metrics = {ctx.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in out.items()}
+    if ctx.metric not in metrics:
+        raise ConfigError(f"the objective returned {sorted(metrics)} without the study metric {ctx.metric!r}")
+    trial.set_user_attr("metrics", metrics)
+    value = metrics[ctx.metric]
+    if ctx.pruned:
+        trial.set_user_attr("stop_reason", "pruned")
+        raise optuna.TrialPruned()
+    if not math.isfinite(value):
+        trial.set_user_attr("fail_reason", f"objective {ctx.metric} is {value}")
+    return value
 
 
 class Study:
-    """A resumable study on a database.
+    """A resumable study on a database, shared by any number of workers.
 
     Example::
 
@@ -81,7 +146,7 @@ class Study:
                  strategy: str = "tpe", metric: str = "value", direction: str = "maximize", seed: int | None = 0,
                  n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None,
                  pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
-                 max_resource: int | None = None):
+                 max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
         self.metric, self.direction, self.strategy = metric, direction, strategy
@@ -90,14 +155,14 @@ class Study:
         sampler_name, self.pruner = resolve(strategy, pruner)
         sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
         pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource)
-        storage_obj = open_storage(storage)
+        storage_obj = open_storage(storage, heartbeat_interval, grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
                               "use another study_name or the same objective")
-        self.optuna = optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction,
-                                          sampler=sampler, pruner=pruner_obj, load_if_exists=True)
+        optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction, load_if_exists=True)
+        self.optuna = SharedStudy(study_name, storage_obj, sampler=sampler, pruner=pruner_obj)
         stored_metric = self.optuna.user_attrs.get("metric")
         if stored_metric is None:
             self.optuna.set_user_attr("metric", metric)
@@ -113,37 +178,43 @@ class Study:
     # ------------------------------------------------------------------------------------------------ running
     def optimize(self, objective: Objective, n_trials: int | None = None, timeout: float | None = None,
                  callbacks: Iterable[Callback] = (), budget_fte: float | None = None,
-                 budget_device_hours: float | None = None) -> Study:
+                 budget_device_hours: float | None = None, execute: Execute | None = None,
+                 n_jobs: int = 1) -> Study:
         """Run trials until the first budget is reached: `n_trials` finished trials in the study, `budget_fte`
         full-training equivalents or `budget_device_hours` of trial time spent by the whole study (resumed
         runs count), or `timeout` seconds of this call.
 
         A trial that raises is recorded as failed with its reason, and the study goes on. Cost is read from
         each trial's ``cost`` attribute (``fte``, ``wall_seconds``), which a user objective may set too.
+        `execute(objective, ctx)` runs the objective somewhere else (a child process, a Ray task); `n_jobs`
+        trials run at once in threads of this process, each waiting on its own `execute`.
         """
         if n_trials is None and timeout is None and budget_fte is None and budget_device_hours is None:
             raise ConfigError("set a budget: search.n_trials, search.timeout or search.budget")
         if self._budget_spent(budget_fte, budget_device_hours):
             return self
-        self._enqueue_baseline()
-        remaining = None if n_trials is None else n_trials - self.n_finished
-        if remaining is not None and remaining <= 0:
+        self.enqueue_baseline()
+        if n_trials is not None and self.n_finished >= n_trials:
             return self
         sampler = self.optuna.sampler
         waiting = self.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.optuna) and not waiting:
             return self  # every grid point has run; another trial would only repeat one
         cbs = list(callbacks)
-        if n_trials is not None:
-            cbs.append(optuna.study.MaxTrialsCallback(n_trials, states=FINISHED))
         if budget_fte is not None or budget_device_hours is not None:
             def stop_at_budget(study: optuna.Study, _trial: FrozenTrial) -> None:
                 if self._budget_spent(budget_fte, budget_device_hours):
                     study.stop()
 
             cbs.append(stop_at_budget)
-        self.optuna.optimize(lambda t: self._run_trial(objective, t), n_trials=remaining, timeout=timeout,
-                             catch=(Exception,), callbacks=cbs)
+        self.optuna.budget = n_trials
+        try:
+            self.optuna.optimize(lambda t: self._run_trial(objective, t, execute), timeout=timeout,
+                                 catch=(Exception,), callbacks=cbs, n_jobs=n_jobs)
+        except BudgetSpent:
+            pass
+        finally:
+            self.optuna.budget = None
         return self
 
     def _budget_spent(self, fte: float | None, device_hours: float | None) -> bool:
@@ -151,35 +222,21 @@ class Study:
         return (fte is not None and cost["fte"] >= fte) or (
             device_hours is not None and cost["wall_seconds"] / 3600 >= device_hours)
 
-    def _enqueue_baseline(self) -> None:
+    def enqueue_baseline(self) -> None:
+        """Queue the baseline as the study's first trial, once, even with many workers starting together."""
         if self.baseline is None:
             return
-        if any(t.user_attrs.get(BASELINE_ATTR) for t in self.optuna.get_trials(deepcopy=False)):
-            return
-        self.optuna.enqueue_trial(self.space.clip_to_space(self.baseline), user_attrs={BASELINE_ATTR: True})
+        with study_lock(self.optuna._storage, self.name):
+            if any(t.user_attrs.get(BASELINE_ATTR) for t in self.optuna.get_trials(deepcopy=False)):
+                return
+            self.optuna.enqueue_trial(self.space.clip_to_space(self.baseline), user_attrs={BASELINE_ATTR: True})
 
-    def _run_trial(self, objective: Objective, trial: optuna.Trial) -> float:
+    def _run_trial(self, objective: Objective, trial: optuna.Trial, execute: Execute | None) -> float:
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         params = self.space.suggest(trial, baseline=self.baseline if is_baseline else None)
         params.update(trial.user_attrs.get(OVERRIDES_ATTR) or {})  # set by whoever enqueued the trial
         ctx = TrialContext(trial, params, self.metric, is_baseline)
-        try:
-            out = objective(ctx)
-        except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
-            raise
-        metrics = {self.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in
-                                                                                 out.items()}
-        if self.metric not in metrics:
-            raise ConfigError(f"the objective returned {sorted(metrics)} without the study metric {self.metric!r}")
-        trial.set_user_attr("metrics", metrics)
-        value = metrics[self.metric]
-        if ctx.pruned:
-            trial.set_user_attr("stop_reason", "pruned")
-            raise optuna.TrialPruned()
-        if not math.isfinite(value):
-            trial.set_user_attr("fail_reason", f"objective {self.metric} is {value}")
-        return value
+        return (execute or evaluate)(objective, ctx)
 
     # ------------------------------------------------------------------------------------------------ results
     @property
@@ -188,7 +245,7 @@ class Study:
 
     @property
     def n_finished(self) -> int:
-        return len(self.optuna.get_trials(deepcopy=False, states=FINISHED))
+        return len(counted(self.optuna.get_trials(deepcopy=False)))
 
     @property
     def best_trial(self) -> FrozenTrial:
@@ -208,11 +265,14 @@ def default_startup_trials(n_trials: int | None) -> int:
     return 5 if n_trials is None else max(2, min(5, n_trials // 3))
 
 
-def open_study(cfg: ExperimentConfig) -> Study:
-    search = cfg.search
+def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
+    """The config's study; worker k of a shared study seeds its sampler with seed + k, so workers do not
+    propose the same parameters."""
+    search, ex = cfg.search, cfg.executor
     return Study(
         cfg.study_name, cfg.storage, space=search.space, strategy=search.strategy, metric=cfg.objective.metric,
-        direction=cfg.objective.direction or "maximize", seed=search.seed,
+        direction=cfg.objective.direction or "maximize", seed=None if search.seed is None else search.seed + worker,
+        heartbeat_interval=ex.heartbeat_interval, grace_period=ex.grace_period,
         n_startup_trials=search.n_startup_trials if search.n_startup_trials is not None
         else default_startup_trials(search.n_trials),
         baseline=cfg.train.model_dump() if search.baseline else None,
@@ -220,9 +280,9 @@ def open_study(cfg: ExperimentConfig) -> Study:
     )
 
 
-def open_tuning_study(cfg: ExperimentConfig) -> Study:
+def open_tuning_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
     """The study of a config, with the config stored on first use (the report and `best` read it back)."""
-    study = open_study(cfg)
+    study = open_study(cfg, worker)
     if "config" not in study.optuna.user_attrs:
         study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
     return study
@@ -263,10 +323,27 @@ def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] 
             frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
             for callback in callbacks:
                 callback(study.optuna, frozen)
+    elif cfg.executor.type == "ray":
+        from lmtune.executors.ray import run_on_ray
+
+        run_on_ray(cfg, study, objective, callbacks)
+    elif cfg.executor.workers is not None:
+        from lmtune.executors.local import run_workers
+
+        study.enqueue_baseline()
+        run_workers(cfg, study, callbacks)
     else:
-        study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout, callbacks=callbacks,
-                       budget_fte=cfg.search.budget.fte, budget_device_hours=cfg.search.budget.device_hours)
+        optimize_config(cfg, study, objective, callbacks)
     return study
+
+
+def optimize_config(cfg: ExperimentConfig, study: Study, objective: Objective, callbacks: Iterable[Callback] = (),
+                    execute: Execute | None = None, n_jobs: int = 1) -> Study:
+    """`Study.optimize` with the config's budgets."""
+    search = cfg.search
+    return study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout, callbacks=callbacks,
+                          budget_fte=search.budget.fte, budget_device_hours=search.budget.device_hours,
+                          execute=execute, n_jobs=n_jobs)
 
 
 def quiet_libraries() -> None:

@@ -1,0 +1,174 @@
+"""Local workers: long-lived processes that each run one trial at a time in a child forked for that trial.
+
+A fresh Python process pays ~10 s importing torch and transformers before it trains. A worker pays that once,
+encodes the data once, and forks a child per trial: the child starts with everything loaded, and when it exits
+the trial's memory, host and GPU, goes with it. The worker itself never computes with torch nor touches CUDA,
+because neither GNU OpenMP's thread pool nor a CUDA context survives a fork once used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+
+from lmtune.config import ExperimentConfig
+from lmtune.errors import LmtuneError
+from lmtune.executors import TrialError, TrialSpec, run_attached, settle, worker_name
+from lmtune.study import Callback, Objective, Study, TrialContext, open_tuning_study, optimize_config, quiet_libraries
+
+_PR_SET_PDEATHSIG = 1
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may give to trials. NVML counts them without creating a CUDA context."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpus_for(worker: int, gpus_per_trial: float, gpus: list[str]) -> list[str]:
+    """Worker k's GPUs: one trial per GPU with gpus_per_trial 1, whole blocks for 2+, shared GPUs for 0.5."""
+    if not gpus or gpus_per_trial <= 0:
+        return []
+    first = int(worker * gpus_per_trial)
+    return [gpus[(first + k) % len(gpus)] for k in range(max(1, math.ceil(gpus_per_trial)))]
+
+
+class ForkedTrials:
+    """`Study.optimize(execute=...)` that runs each trial in a child forked from this worker."""
+
+    def __init__(self, cfg: ExperimentConfig, pruner: optuna.pruners.BasePruner, gpus: list[str], threads: int):
+        self.cfg, self.pruner, self.gpus, self.threads = cfg, pruner, gpus, threads
+
+    def __call__(self, objective: Objective, ctx: TrialContext) -> float:
+        ctx.set("worker", worker_name())
+        if self.gpus:
+            ctx.set("cuda_visible_devices", ",".join(self.gpus))
+        fork = multiprocessing.get_context("fork")
+        reader, writer = fork.Pipe(duplex=False)
+        child = fork.Process(target=self._child, args=(objective, TrialSpec.of(ctx), writer, os.getpid()),
+                             daemon=True)
+        child.start()
+        writer.close()
+        try:
+            outcome = reader.recv()
+        except EOFError:  # the child died without answering
+            outcome = None
+        child.join()
+        if outcome is None:
+            reason = (f"the trial's process died with exit code {child.exitcode} (-9 is SIGKILL, often the "
+                      "out-of-memory killer)")
+            ctx.set("fail_reason", reason)
+            raise TrialError(reason)
+        return settle(outcome)
+
+    def _child(self, objective: Objective, spec: TrialSpec, conn: Any, parent: int) -> None:
+        _die_with_parent(parent)
+        if self.gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
+        import torch
+
+        torch.set_num_threads(self.threads)
+        conn.send(run_attached(objective, self.cfg, spec, self.pruner))
+
+
+def _die_with_parent(parent: int) -> None:
+    """A trial whose worker was killed must stop too, or it would go on writing to a trial marked failed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def warm_up(cfg: ExperimentConfig) -> None:
+    """Import what a trial would otherwise import lazily, each time, in its child: the model class and peft."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from lmtune.train.model import resolve_path
+
+    config = AutoConfig.from_pretrained(resolve_path(cfg.model), trust_remote_code=cfg.model.trust_remote_code)
+    with contextlib.suppress(KeyError):
+        _ = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    if cfg.train.use_lora or "use_lora" in cfg.search.space:
+        import peft  # noqa: F401
+
+
+def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = None,
+         callbacks: Iterable[Callback] = ()) -> Study:
+    """One worker of a shared study: prepare once, then run trials until the study's budget is spent.
+
+    `worker` (0..workers-1) picks the GPUs and offsets the sampler seed; `ready` is a barrier so that local
+    workers start claiming trials together.
+    """
+    from lmtune.trial import FineTuneObjective
+
+    quiet_libraries()
+    objective = FineTuneObjective(cfg)
+    objective.prepare()
+    warm_up(cfg)
+    study = open_tuning_study(cfg, worker)
+    ex = cfg.executor
+    threads = ex.threads_per_trial or max(1, (os.cpu_count() or 1) // workers)
+    execute = ForkedTrials(cfg, study.optuna.pruner, gpus_for(worker, ex.gpus_per_trial, visible_gpus()), threads)
+    if ready is not None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait()
+    optimize_config(cfg, study, objective, callbacks, execute)
+    return study
+
+
+def _worker_main(cfg_json: str, worker: int, workers: int, ready: Any) -> None:
+    try:
+        work(ExperimentConfig.model_validate_json(cfg_json), worker, workers, ready)
+    except LmtuneError as e:
+        print(f"worker {worker}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callback] = ()) -> None:
+    """`lmtune run --workers N`: N worker processes on this machine share the study; this process reports each
+    trial as it finishes."""
+    n = cfg.executor.workers or 1
+    spawn = multiprocessing.get_context("spawn")  # a clean interpreter: nothing forked from this process
+    ready = spawn.Barrier(n)
+    procs = [spawn.Process(target=_worker_main, args=(cfg.model_dump_json(), i, n, ready), name=f"lmtune-worker-{i}")
+             for i in range(n)]
+    seen = {t.number for t in study.trials if t.state.is_finished()}
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            if any(p.exitcode is not None for p in procs):
+                ready.abort()  # a worker that failed to start must not keep the others waiting
+            time.sleep(0.5)
+            _report_finished(study, seen, callbacks)
+    finally:
+        for p in procs:
+            p.join()
+    _report_finished(study, seen, callbacks)
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if len(failed) == n:
+        raise LmtuneError(f"all {n} workers exited with an error (exit codes {failed}); see their messages above")
+
+
+def _report_finished(study: Study, seen: set[int], callbacks: Iterable[Callback]) -> None:
+    for t in study.trials:
+        if t.state.is_finished() and t.number not in seen:
+            seen.add(t.number)
+            for callback in callbacks:
+                callback(study.optuna, t)

@@ -1,0 +1,80 @@
+"""Trials as Ray tasks: `lmtune run --executor ray [--address auto]` (needs `pip install 'lmtune[ray]'`).
+
+This process asks Optuna for trials, in as many threads as the cluster has room for, and keeps each trial's
+heartbeat; every trial is a Ray task with `num_cpus`/`num_gpus` requests that attaches to the trial in the
+shared storage, trains, and reports through it. Ray must reach the same storage URL from every node, and the
+nodes need lmtune installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+
+from lmtune.config import ExperimentConfig
+from lmtune.errors import ConfigError
+from lmtune.executors import Outcome, TrialSpec, run_attached, settle, worker_name
+from lmtune.storage import mask_url
+from lmtune.study import Callback, Objective, Study, TrialContext, optimize_config
+
+_objectives: dict[str, Any] = {}  # one prepared objective per config, per Ray worker process
+
+
+def _run_task(cfg_json: str, spec: TrialSpec, pruner: optuna.pruners.BasePruner, threads: int) -> Outcome:
+    import torch
+
+    from lmtune.study import quiet_libraries
+    from lmtune.trial import FineTuneObjective
+
+    torch.set_num_threads(threads)
+    if cfg_json not in _objectives:
+        quiet_libraries()
+        _objectives[cfg_json] = FineTuneObjective(ExperimentConfig.model_validate_json(cfg_json))
+    objective = _objectives[cfg_json]
+    trial_worker = f"ray:{worker_name()}"
+    return run_attached(_tagged(objective, trial_worker), objective.cfg, spec, pruner)
+
+
+def _tagged(objective: Objective, name: str) -> Objective:
+    def run(ctx: TrialContext) -> Any:
+        ctx.set("worker", name)
+        return objective(ctx)
+
+    return run
+
+
+def connect(address: str | None) -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor.type ray needs Ray: pip install 'lmtune[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            if address is None:
+                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"executor.address {mask_url(str(address))!r}: cannot connect to Ray: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; start "
+                              "the cluster with `ray start --head` or leave the address out for a local Ray") from None
+    return ray
+
+
+def run_on_ray(cfg: ExperimentConfig, study: Study, objective: Objective, callbacks: Iterable[Callback] = ()) -> None:
+    """Run the study's remaining trials as Ray tasks, as many at once as the cluster's CPUs/GPUs allow."""
+    ray = connect(cfg.executor.address)
+    ex = cfg.executor
+    resources = ray.cluster_resources()
+    cpus = ex.threads_per_trial or 1
+    gpus = ex.gpus_per_trial if resources.get("GPU") else 0
+    parallel = ex.workers or max(1, int(resources["GPU"] // gpus if gpus else resources.get("CPU", 1) // cpus))
+    task = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    cfg_json = cfg.model_dump_json()
+
+    def execute(_objective: Objective, ctx: TrialContext) -> float:
+        return settle(ray.get(task.remote(cfg_json, TrialSpec.of(ctx), study.optuna.pruner, cpus)))
+
+    optimize_config(cfg, study, objective, callbacks, execute, n_jobs=parallel)

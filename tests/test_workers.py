@@ -1,0 +1,159 @@
+"""Many workers on one study: exact budgets, crash safety (SIGKILL mid-trial), PostgreSQL, Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from conftest import PG_PASSWORD, small_config
+from optuna.trial import TrialState
+
+from lmtune.executors.local import gpus_for
+from lmtune.results import load_study
+from lmtune.storage import open_storage
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def lmtune(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-m", "lmtune", *args], capture_output=True, text=True, env=env,
+                         timeout=600, **kw)
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def write_config(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(small_config(tmp_path, **overrides)))
+    return path
+
+
+def assert_complete(storage: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly n_trials count as finished, nothing is left running or waiting, numbers are unique."""
+    trials = load_study(storage, "test").get_trials(deepcopy=False)
+    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    counted = [t for t in trials if t.state.is_finished() and t.number not in retried]
+    assert len(counted) == n_trials, [(t.number, t.state.name) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+    return trials
+
+
+def test_gpus_are_spread_one_trial_per_gpu_by_default() -> None:
+    gpus = ["0", "1", "2", "3"]
+    assert [gpus_for(w, 1, gpus) for w in range(5)] == [["0"], ["1"], ["2"], ["3"], ["0"]]
+    assert [gpus_for(w, 2, gpus) for w in range(2)] == [["0", "1"], ["2", "3"]]
+    assert [gpus_for(w, 0.5, gpus) for w in range(4)] == [["0"], ["0"], ["1"], ["1"]]
+    assert gpus_for(0, 1, []) == [] and gpus_for(0, 0, gpus) == []
+
+
+def test_four_workers_share_a_postgres_study(tmp_path: Path, postgres: str) -> None:
+    cfg = write_config(tmp_path, storage=postgres, study_name="test",
+                       search={"strategy": "random", "n_trials": 10, "seed": 0,
+                               "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
+                       executor={"heartbeat_interval": 1, "grace_period": 5})
+    out = lmtune("run", str(cfg), "--workers", "4", "--quiet", "-o", str(tmp_path / "best.yaml"))
+    assert PG_PASSWORD not in out.stdout + out.stderr
+    trials = assert_complete(postgres, 10)
+    assert len(trials) == 10
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert 2 <= len(workers) <= 4, workers  # trials ran in several worker processes, not in `lmtune run` itself
+    assert str(os.getpid()) not in {w.rsplit(":", 1)[1] for w in workers}
+    assert len({t.params["learning_rate"] for t in trials if not t.user_attrs.get("baseline")}) == 9
+    # a second run finds the budget spent and adds nothing
+    lmtune("run", str(cfg), "--workers", "2", "--quiet", "-o", str(tmp_path / "best.yaml"))
+    assert len(load_study(postgres, "test").trials) == 10
+
+
+def test_bad_postgres_password_is_one_masked_paragraph(tmp_path: Path, postgres: str) -> None:
+    wrong = postgres.replace(PG_PASSWORD, "not-the-password")
+    before = len(optuna.get_all_study_summaries(open_storage(postgres)))
+    out = lmtune("run", str(write_config(tmp_path, storage=wrong)), "--quiet", check=False)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "not-the-password" not in out.stderr
+    assert "password authentication failed" in out.stderr and "***" in out.stderr
+    assert len(optuna.get_all_study_summaries(open_storage(postgres))) == before
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
+    """A worker killed mid-trial: its trial child dies with it, the next run marks the trial failed once its
+    heartbeat is stale, retries its parameters, and completes the study with the budget counted right."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 60,
+                                        "eval_steps": 30, "eval_max_samples": 8},
+                       search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
+                               "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
+                       executor={"heartbeat_interval": 1, "grace_period": 4})
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    worker = subprocess.Popen([sys.executable, "-m", "lmtune", "worker", str(cfg), "--index", "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        victim = None
+        while victim is None and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.5)
+            if not (tmp_path / "study.db").exists():
+                continue
+            running = [t for t in optuna.load_study(study_name="test", storage=storage).trials
+                       if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
+            children = _children(worker.pid)
+            if running and children and running[0].intermediate_values:  # mid-training, in its child
+                victim = running[0]
+        assert victim is not None, "the worker never reached the middle of a trial"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        for _ in range(100):  # the trial's child dies with its worker (PR_SET_PDEATHSIG)
+            if not any(Path(f"/proc/{c}").exists() for c in children):
+                break
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()
+                       for c in children)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert optuna.load_study(study_name="test", storage=storage).trials[victim.number].state == TrialState.RUNNING
+    lmtune("run", str(cfg), "--workers", "1", "--quiet", "-o", str(tmp_path / "best.yaml"))
+    trials = assert_complete(storage, 3)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == killed.params
+    assert len(trials) == 4  # three counted trials plus the killed one
+
+
+@pytest.fixture
+def ray_head() -> Any:
+    """A local Ray head for one test, stopped after it (never the machine's shared default port)."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def test_ray_executor_runs_trials_as_ray_tasks(tmp_path: Path, ray_head: str) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = write_config(tmp_path, search={"strategy": "random", "n_trials": 4, "seed": 0,
+                                         "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
+                       executor={"type": "ray", "threads_per_trial": 1})
+    lmtune("run", str(cfg), "--address", ray_head, "--quiet", "-o", str(tmp_path / "best.yaml"))
+    trials = assert_complete(storage, 4)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.user_attrs["worker"].startswith("ray:") for t in trials)

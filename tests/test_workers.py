@@ -21,6 +21,7 @@ from lmtune.results import load_study
 from lmtune.storage import open_storage
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
 def lmtune(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -94,8 +95,8 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     """A worker killed mid-trial: its trial child dies with it, the next run marks the trial failed once its
     heartbeat is stale, retries its parameters, and completes the study with the budget counted right."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 60,
-                                        "eval_steps": 30, "eval_max_samples": 8},
+    cfg = write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 40,
+                                        "eval_steps": 10, "eval_max_samples": 8},
                        search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
                                "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
                        executor={"heartbeat_interval": 1, "grace_period": 4})
@@ -127,11 +128,12 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
         if worker.poll() is None:
             worker.kill()
     assert optuna.load_study(study_name="test", storage=storage).trials[victim.number].state == TrialState.RUNNING
-    lmtune("run", str(cfg), "--workers", "1", "--quiet", "-o", str(tmp_path / "best.yaml"))
+    lmtune("run", str(cfg), "--quiet", "-o", str(tmp_path / "best.yaml"))  # resume: waits out the grace period
     trials = assert_complete(storage, 3)
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
-    retries = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    retries = [t for t in trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
     assert len(trials) == 4  # three counted trials plus the killed one

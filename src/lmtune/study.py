@@ -33,7 +33,9 @@ def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Finished trials that count against n_trials: a trial failed because its worker died and then retried
     (Optuna's RetryHeartbeatStaleTrialCallback) is replaced by its retry, so a crash does not eat the budget."""
     trials = list(trials)
-    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
     return [t for t in trials if t.state in FINISHED and t.number not in retried]
 
 

@@ -115,8 +115,11 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
     `worker` (0..workers-1) picks the GPUs and offsets the sampler seed; `ready` is a barrier so that local
     workers start claiming trials together.
     """
+    import torch
+
     from lmtune.trial import FineTuneObjective
 
+    torch.set_num_threads(1)  # one thread runs no OpenMP parallel region, which would hang every forked child
     quiet_libraries()
     objective = FineTuneObjective(cfg)
     objective.prepare()

@@ -108,10 +108,11 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
         victim = None
         while victim is None and time.monotonic() < deadline and worker.poll() is None:
             time.sleep(0.5)
-            if not (tmp_path / "study.db").exists():
+            try:
+                trials = optuna.load_study(study_name="test", storage=storage).trials
+            except KeyError:  # the worker has not created the study yet
                 continue
-            running = [t for t in optuna.load_study(study_name="test", storage=storage).trials
-                       if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
             children = _children(worker.pid)
             if running and children and running[0].intermediate_values:  # mid-training, in its child
                 victim = running[0]
@@ -157,5 +158,5 @@ def test_ray_executor_runs_trials_as_ray_tasks(tmp_path: Path, ray_head: str) ->
                        executor={"type": "ray", "threads_per_trial": 1})
     lmtune("run", str(cfg), "--address", ray_head, "--quiet", "-o", str(tmp_path / "best.yaml"))
     trials = assert_complete(storage, 4)
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.state, t.user_attrs) for t in trials]
     assert all(t.user_attrs["worker"].startswith("ray:") for t in trials)

@@ -9,6 +9,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 from sqlalchemy import text
@@ -35,7 +36,10 @@ def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120
         return optuna.storages.InMemoryStorage()
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
+        # Workers on one machine queue for SQLite's write lock; its 5 s default timeout is short under load.
+        engine_kwargs["connect_args"] = {"timeout": 60}
         db = Path(url.removeprefix("sqlite:///"))
         if str(db) not in ("", ":memory:"):
             db.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +50,7 @@ def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                engine_kwargs={"pool_pre_ping": True})
+                engine_kwargs=engine_kwargs)
     except Exception as e:  # SQLAlchemy raises many types: bad driver, refused connection, bad password
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"storage {mask_url(url)!r} cannot be opened: {mask_url(reason)}; check the URL, "

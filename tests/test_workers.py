@@ -60,20 +60,20 @@ def test_gpus_are_spread_one_trial_per_gpu_by_default() -> None:
 
 def test_four_workers_share_a_postgres_study(tmp_path: Path, postgres: str) -> None:
     cfg = write_config(tmp_path, storage=postgres, study_name="test",
-                       search={"strategy": "random", "n_trials": 10, "seed": 0,
+                       search={"strategy": "random", "n_trials": 8, "seed": 0,
                                "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
                        executor={"heartbeat_interval": 1, "grace_period": 5})
     out = lmtune("run", str(cfg), "--workers", "4", "--quiet", "-o", str(tmp_path / "best.yaml"))
     assert PG_PASSWORD not in out.stdout + out.stderr
-    trials = assert_complete(postgres, 10)
-    assert len(trials) == 10
+    trials = assert_complete(postgres, 8)
+    assert len(trials) == 8
     workers = {t.user_attrs["worker"] for t in trials}
     assert 2 <= len(workers) <= 4, workers  # trials ran in several worker processes, not in `lmtune run` itself
     assert str(os.getpid()) not in {w.rsplit(":", 1)[1] for w in workers}
-    assert len({t.params["learning_rate"] for t in trials if not t.user_attrs.get("baseline")}) == 9
+    assert len({t.params["learning_rate"] for t in trials if not t.user_attrs.get("baseline")}) == 7
     # a second run finds the budget spent and adds nothing
     lmtune("run", str(cfg), "--workers", "2", "--quiet", "-o", str(tmp_path / "best.yaml"))
-    assert len(load_study(postgres, "test").trials) == 10
+    assert len(load_study(postgres, "test").trials) == 8
 
 
 def test_bad_postgres_password_is_one_masked_paragraph(tmp_path: Path, postgres: str) -> None:
@@ -143,7 +143,10 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
 @pytest.fixture
 def ray_head() -> Any:
     """A local Ray head for one test, stopped after it (never the machine's shared default port)."""
-    ray = pytest.importorskip("ray")
+    if os.environ.get("CI"):
+        import ray  # CI installs the dev extra: a missing Ray must fail there, not skip
+    else:
+        ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address

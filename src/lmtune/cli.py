@@ -155,11 +155,14 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
 def _set_executor(cfg: ExperimentConfig, workers: int | None, executor: str | None, address: str | None) -> None:
     overrides = {k: v for k, v in {"workers": workers, "type": executor, "address": address}.items()
                  if v is not None}
+    if not overrides:
+        return
+    section = validate_section(ExecutorConfig, {**cfg.executor.model_dump(), **overrides}, "executor",
+                               "(--workers/--executor/--address)")
     try:
-        cfg.executor = ExecutorConfig.model_validate({**cfg.executor.model_dump(), **overrides})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise LmtuneError(f"--workers/--executor/--address: {err['msg'].removeprefix('Value error, ')}") from None
+        cfg.executor = section
+    except ValidationError as e:  # checks across sections, e.g. pbt runs its own workers
+        raise LmtuneError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 @app.command()

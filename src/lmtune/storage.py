@@ -64,25 +64,27 @@ _process_lock = threading.Lock()
 def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
     """Serialise "count the trials, then start one" between all workers of a study, so a budget of N trials
     ends with exactly N: a PostgreSQL advisory lock (released by the server if the worker dies), a file lock
-    beside a SQLite database, a process lock for in-memory storage. Other databases get no lock: concurrent
-    workers may then overshoot n_trials by up to one trial each."""
-    engine = getattr(storage, "engine", None)
-    if engine is None or engine.url.database in (None, "", ":memory:"):
-        with _process_lock:
+    beside a SQLite database, and a process lock first (threads of one process queue here, not each holding a
+    database connection while they wait). Other databases get only the process lock: workers in different
+    processes may then overshoot n_trials by up to one trial each."""
+    backend = getattr(storage, "_backend", storage)  # optuna.Study wraps an RDBStorage in a _CachedStorage
+    engine = getattr(backend, "engine", None)
+    with _process_lock:
+        if engine is None or engine.url.database in (None, "", ":memory:"):
             yield
-    elif engine.dialect.name == "postgresql":
-        with engine.begin() as conn:  # the transaction-scoped lock is released at commit, or when the worker dies
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                         {"key": zlib.crc32(f"lmtune:{study_name}".encode())})
-            yield
-    elif engine.dialect.name == "sqlite":
-        import fcntl
-
-        with open(f"{engine.url.database}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
+        elif engine.dialect.name == "postgresql":
+            with engine.begin() as conn:  # the transaction-scoped lock goes at commit, or when the worker dies
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": zlib.crc32(f"lmtune:{study_name}".encode())})
                 yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    else:
-        yield
+        elif engine.dialect.name == "sqlite":
+            import fcntl
+
+            with open(f"{engine.url.database}.lock", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        else:
+            yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -16,6 +17,7 @@ import optuna
 from pydantic import ValidationError
 
 from lmtune.config import ExperimentConfig, TrainConfig, run_dir
+from lmtune.storage import study_lock
 from lmtune.strategies import Member, PopulationBasedTraining, SegmentJob, SegmentResult
 from lmtune.study import Study, TrialContext
 from lmtune.train.model import check_model, load_tokenizer
@@ -71,19 +73,25 @@ class FineTuneObjective:
         if train_cfg.output_dir:
             trainer.save(train_cfg.output_dir, result)
         value = result.metrics[cfg.objective.metric]
-        if not ctx.pruned and _beats_study_best(ctx.trial.study, value):
-            keep_best_model(ctx.trial.study, trainer, result, ctx.number, run_dir(cfg) / "best-model")
+        if not ctx.pruned:
+            study = ctx.trial.study
+            with study_lock(study._storage, study.study_name):  # workers finishing at once save one by one
+                if _beats_study_best(study, value, cfg.objective.metric):
+                    keep_best_model(study, trainer, result, ctx.number, run_dir(cfg) / "best-model")
         return {k: v for k, v in result.metrics.items() if k != "step"}
 
 
-def _beats_study_best(study: optuna.Study, value: float) -> bool:
+def _beats_study_best(study: optuna.Study, value: float, metric: str) -> bool:
+    """Better than every completed trial and than the kept model, whose trial may be another worker's that
+    has saved it but is not marked complete yet."""
     if not math.isfinite(value):
         return False
-    try:
-        best = study.best_value
-    except ValueError:
-        return True
-    return value > best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value < best
+    rivals = [float(v) for v in [(study.user_attrs.get("best_model") or {}).get("metrics", {}).get(metric)]
+              if v is not None]
+    with contextlib.suppress(ValueError):  # no completed trial yet
+        rivals.append(study.best_value)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return all(value > r if maximize else value < r for r in rivals)
 
 
 def keep_best_model(study: optuna.Study, trainer: Trainer, result: TrainResult, trial_number: int,

@@ -10,7 +10,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -410,6 +410,48 @@ class StagesConfig(_Strict):
     transfer: TransferConfig = Field(default_factory=TransferConfig)
 
 
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<output_dir>/<study_name>/mlflow.db")
+    experiment_name: str | None = Field(None, description="default: the study name")
+
+
+class TensorBoardConfig(_Strict):
+    log_dir: str | None = Field(None, description="runs go to <log_dir>/<study_name>/trial-NNNN; default "
+                                "<output_dir>/<study_name>/tensorboard/trial-NNNN")
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers that receive every finished trial. YAML: `tracking: mlflow`, a list of names, or a
+    mapping of name -> options."""
+
+    mlflow: MlflowConfig | None = None
+    tensorboard: TensorBoardConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, list):
+            unknown = [n for n in data if n not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; choose from {list(cls.model_fields)}")
+            data = dict.fromkeys(data)
+        if isinstance(data, dict):  # `mlflow:` with no options, or `mlflow: true`, switches it on with defaults
+            data = {k: {} if v is None or v is True else v for k, v in data.items() if v is not False}
+        return data
+
+    @model_validator(mode="after")
+    def _installed(self) -> TrackingConfig:
+        import importlib.util
+
+        for name, module in (("mlflow", "mlflow"), ("tensorboard", "tensorboard")):
+            if getattr(self, name) is not None and importlib.util.find_spec(module) is None:
+                raise ValueError(f"{name} is switched on but the {module} package is not installed; "
+                                 "run pip install 'lmtune[tracking]' or remove it from tracking")
+        return self
+
+
 class ExperimentConfig(_Strict):
     study_name: str = Field("lmtune", min_length=1)
     storage: str = "sqlite:///lmtune.db"
@@ -421,6 +463,7 @@ class ExperimentConfig(_Strict):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     select: SelectConfig | None = Field(None, description="run the selection phase after the search")
     stages: StagesConfig | None = Field(None, description="tune on a proxy first, then transfer to the target")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _stages(self) -> ExperimentConfig:
@@ -492,9 +535,11 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = ExperimentConfig
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        sub = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+        if sub is None:
             return None
-        model = field.annotation
+        model = sub
     return model
 
 
@@ -510,6 +555,8 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
     target, _, fn = cfg.train.augmentation.rpartition(":")
     if target.endswith(".py"):
         cfg.train.augmentation = f"{fix(target)}:{fn}"
+    if cfg.tracking.tensorboard is not None:
+        cfg.tracking.tensorboard.log_dir = fix(cfg.tracking.tensorboard.log_dir)
     name = cfg.model.name_or_path
     if name.startswith((".", "/", "~")) or (base / name).exists():
         cfg.model.name_or_path = str(Path(fix(name) or name).expanduser())

@@ -57,6 +57,26 @@ def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
     return total
 
 
+def trial_status(t: FrozenTrial) -> str:
+    """How a trial ended, in words: complete, early stopped, pruned, failed, or running."""
+    if t.state == TrialState.PRUNED:
+        return "pruned"
+    if t.state == TrialState.FAIL:
+        return "failed"
+    if t.state == TrialState.COMPLETE:
+        return "early stopped" if t.user_attrs.get("stop_reason") == "early_stopping" else "complete"
+    return "running"
+
+
+def trial_curve(t: FrozenTrial, metric: str) -> list[tuple[int, dict[str, float]]]:
+    """The trial's evaluations as (optimizer step, metrics): lmtune's ``curve`` attribute, else the bare
+    numbers a user objective reported (named `metric`)."""
+    curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
+    if curve:
+        return [(int(c["step"]), {k: v for k, v in c.items() if k != "step"}) for c in curve]
+    return [(int(s), {metric: v}) for s, v in sorted(t.intermediate_values.items())]
+
+
 def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     return next((t for t in trials if t.user_attrs.get(BASELINE_ATTR)), None)
 

@@ -231,17 +231,20 @@ def open_tuning_study(cfg: ExperimentConfig) -> Study:
 def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback] = (),
          trial_progress: Callable[[int, int, float], None] | None = None) -> Study:
     """Run (or resume) the tuning study an experiment config describes and return it."""
+    from lmtune.tracking import create_trackers
     from lmtune.trial import FineTuneObjective
 
     cfg = validate_config(config)
+    callbacks = list(callbacks)
     quiet_libraries()
     objective = FineTuneObjective(cfg, progress=trial_progress)
     objective.prepare()  # a bad dataset or model path fails here, before the study is touched
     if cfg.stages is not None:
         from lmtune.proxy import run_stages
 
+        target_callbacks = [*callbacks, *create_trackers(cfg)]  # the proxy stage's search tracks its own study
         study = run_stages(cfg, objective, lambda c: search(c, FineTuneObjective(c, progress=trial_progress),
-                                                            callbacks), callbacks)
+                                                            callbacks), target_callbacks)
     else:
         study = search(cfg, objective, callbacks)
     if cfg.select is not None:
@@ -254,9 +257,11 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
 
 def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] = ()) -> Study:
     """The search stage: the config's strategy and budget over its space, with a fine-tuning objective."""
+    from lmtune.tracking import create_trackers
     from lmtune.trial import run_pbt
 
     objective.prepare()
+    callbacks = [*callbacks, *create_trackers(cfg)]
     study = open_tuning_study(cfg)
     if cfg.search.strategy == "pbt":
         for member in run_pbt(cfg, study, objective):

@@ -233,7 +233,7 @@ def test_dashboard_serves_the_study_on_localhost(asha):
             summaries = json.loads(r.read())["study_summaries"]
         assert [s["study_name"] for s in summaries] == ["test"]
         proc.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=60)  # generous: CI machines can be slow
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -104,3 +104,31 @@ def test_unreachable_mlflow_store_fails_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="tracking.mlflow"):
         tune(cfg)
     assert not (tmp_path / "study.db").exists()
+
+
+def test_a_pbt_schedule_becomes_hparam_scalars_at_its_steps(tmp_path):
+    """A member's schedule (as PBT stores it) is tracked as hparam/<name> at the steps where it changed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lmtune import Study
+    from lmtune.tracking import TensorBoardTracker
+
+    study = Study("s", "memory://", space={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                  strategy="random", metric="eval_loss", direction="minimize")
+
+    def objective(ctx):
+        lr = ctx.params["learning_rate"]
+        ctx.set("schedule", [{"step": 0, "learning_rate": lr}, {"step": 8, "learning_rate": lr * 0.8}])
+        for step in (4, 8, 12):
+            ctx.report(step, {"eval_loss": 1.0 / step, "step": step})
+        return {"eval_loss": 1.0 / 12}
+
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    TensorBoardTracker(tmp_path).log(study.optuna, trial)
+    events = EventAccumulator(str(tmp_path / "trial-0000"))
+    events.Reload()
+    lr = trial.params["learning_rate"]
+    assert [(s.step, s.value) for s in events.Scalars("hparam/learning_rate")] == [
+        (0, pytest.approx(lr, rel=1e-6)), (8, pytest.approx(lr * 0.8, rel=1e-6))]
+    assert [s.step for s in events.Scalars("eval_loss")] == [4, 8, 12]

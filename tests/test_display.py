@@ -90,3 +90,22 @@ def test_run_without_a_terminal_prints_one_plain_line_per_trial(tmp_path):
     assert "\x1b[" not in out.stdout and "\r" not in out.stdout  # no colours, no redrawn lines
     assert not re.search(r"\d+/\d+ steps", out.stdout)  # no progress bars
     assert "study cost: 3 trials" in out.stdout and out.stderr.strip() == ""
+
+
+def test_live_display_follows_pbt_members_segment_by_segment(tmp_path):
+    cfg = validate_config(small_config(tmp_path, search={
+        "strategy": "pbt", "seed": 0, "baseline": False,
+        "space": {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}},
+        "pbt": {"population_size": 2, "segment_steps": 6, "checkpoint_dir": str(tmp_path / "pbt")}}))
+    display = LiveDisplay(cfg, Console(width=200))
+    labels: list[str] = []
+
+    def on_step(step, total, loss):
+        display.on_step(step, total, loss)
+        if step % 6 == 3:  # mid-segment
+            labels.append(display.progress.tasks[display.trial_task].description)
+
+    study = tune(cfg, callbacks=[display.on_trial_end], trial_progress=on_step)
+    member = {t.user_attrs["pbt_member"]: t.number for t in study.trials}
+    assert labels == [f"trial {member[i % 2]} (member {i % 2})" for i in range(4)]  # 2 segments x 2 members
+    assert "2/2" in budget_line(screen(display), "trials")

@@ -141,7 +141,7 @@ class LiveDisplay:
         self.start = clock()
         self.study: optuna.Study | None = None
         self.budgets = budgets(cfg)
-        self.progress = Progress(TextColumn("{task.description:>14}"), BarColumn(),
+        self.progress = Progress(TextColumn("{task.description:>18}"), BarColumn(),
                                  TextColumn("{task.fields[amount]:>14}"), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), console=console)
         self.budget_tasks: list[TaskID] = [self.progress.add_task(b.name, total=b.total, amount=b.amount(0),
@@ -150,6 +150,7 @@ class LiveDisplay:
         self.trial_task = self.progress.add_task("waiting", total=None, amount="", info="")
         self.trial_started = self.clock()
         self.last_step = 0
+        self.segments = 0
         self.table: RenderableType = Text("no finished trial yet", style="dim")
         self.live = Live(self.renderable(), console=console, refresh_per_second=4, transient=True)
 
@@ -166,7 +167,7 @@ class LiveDisplay:
     # ------------------------------------------------------------------------------------------------ hooks
     def on_step(self, step: int, total: int, loss: float) -> None:
         """Every optimizer step of the training run in progress."""
-        if step <= self.last_step or step == 1:  # a new trial (or a PBT member's next segment)
+        if self._new_run(step):
             self.trial_started = self.clock()
             self.progress.reset(self.trial_task, total=total, description=self._running_label())
         self.last_step = step
@@ -198,19 +199,31 @@ class LiveDisplay:
         for b, task in zip(self.budgets, self.budget_tasks, strict=True):
             self.progress.update(task, completed=min(used[b.name], b.total), amount=b.amount(used[b.name]))
 
+    def _new_run(self, step: int) -> bool:
+        """A new trial starts at step 1; a PBT member's next segment right after a multiple of segment_steps."""
+        if step == 1 or step <= self.last_step:
+            return True
+        seg = self.cfg.search.pbt.segment_steps
+        return self.cfg.search.strategy == "pbt" and (step - 1) % seg == 0 and bool(self._members())
+
     def _running_label(self) -> str:
-        """`trial N` for the trial now training (read from storage), `PBT population` for PBT segments."""
-        if self.cfg.search.strategy == "pbt" and self._has_members():
-            return "PBT member"
+        """`trial N` for the trial now training, read from storage. PBT trains its members' segments in member
+        order, so the n-th segment started is member n modulo the population."""
+        members = self._members()
+        if members:
+            m = members[self.segments % len(members)]
+            self.segments += 1
+            return f"trial {m.number} (member {m.user_attrs['pbt_member']})"
         study = self._study()
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []
         if not running:
             return "trial"
         return f"trial {running[-1].number}" + (" (baseline)" if running[-1].user_attrs.get(BASELINE_ATTR) else "")
 
-    def _has_members(self) -> bool:
+    def _members(self) -> list[FrozenTrial]:
         study = self._study()
-        return study is not None and any("pbt_member" in t.user_attrs for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False) if study else []
+        return sorted((t for t in trials if "pbt_member" in t.user_attrs), key=lambda t: t.user_attrs["pbt_member"])
 
     def _study(self) -> optuna.Study | None:
         if self.study is None:

@@ -264,7 +264,7 @@ def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] 
     callbacks = [*callbacks, *create_trackers(cfg)]
     study = open_tuning_study(cfg)
     if cfg.search.strategy == "pbt":
-        for member in run_pbt(cfg, study, objective):
+        for member in run_pbt(cfg, study, objective, callbacks):
             frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
             for callback in callbacks:
                 callback(study.optuna, frozen)

@@ -7,7 +7,7 @@ import math
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from lmtune.config import ExperimentConfig, TrainConfig, run_dir
 from lmtune.strategies import Member, PopulationBasedTraining, SegmentJob, SegmentResult
-from lmtune.study import Study, TrialContext
+from lmtune.study import Callback, Study, TrialContext
 from lmtune.train.model import check_model, load_tokenizer
 from lmtune.train.trainer import MUTABLE_HPARAMS, PreparedData, Trainer, TrainResult
 
@@ -168,13 +168,15 @@ def _run_segment_in_worker(job: SegmentJob) -> SegmentResult:
     return run_segment(objective.cfg, job, tokenizer, prepared)
 
 
-def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective) -> list[Member]:
-    """Population-based training on the study: the baseline runs first as an ordinary trial, then the
-    population; the best member's model is saved with save_pretrained and every checkpoint is removed."""
+def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective,
+            callbacks: Iterable[Callback] = ()) -> list[Member]:
+    """Population-based training on the study: the baseline runs first as an ordinary trial (seen by
+    `callbacks`), then the population; the best member's model is saved with save_pretrained and every
+    checkpoint is removed."""
     if any("pbt_member" in t.user_attrs for t in study.trials):
         return []  # this study's population has run; a half-run population is not resumed
     if study.baseline is not None:
-        study.optimize(objective, n_trials=1)
+        study.optimize(objective, n_trials=1, callbacks=callbacks)
     p = cfg.search.pbt
     workdir = Path(p.checkpoint_dir) if p.checkpoint_dir else run_dir(cfg) / "pbt"
     pbt = PopulationBasedTraining(study.space, MUTABLE_HPARAMS, p.population_size, p.segment_steps, p.quantile,

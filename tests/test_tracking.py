@@ -97,6 +97,15 @@ def test_tracking_shorthands(tmp_path):
     assert validate_config(small_config(tmp_path)).tracking.mlflow is None  # off unless asked for
 
 
+def test_a_chosen_tensorboard_dir_keeps_studies_apart(tmp_path):
+    from lmtune.tracking import create_trackers
+
+    for name in ("a", "b"):
+        create_trackers(validate_config(small_config(tmp_path, study_name=name,
+                                                     tracking={"tensorboard": {"log_dir": str(tmp_path / "tb")}})))
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["a", "b"]
+
+
 def test_unreachable_mlflow_store_fails_before_any_trial(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -137,9 +137,10 @@ class LiveDisplay:
     """
 
     def __init__(self, cfg: ExperimentConfig, console: Console, clock: Callable[[], float] = time.monotonic):
-        self.cfg, self.console, self.clock = cfg, console, clock
+        self.cfg, self.clock = cfg, clock
         self.start = clock()
         self.study: optuna.Study | None = None
+        self.spent = study_cost([])  # by the study's finished trials, resumed runs included
         self.budgets = budgets(cfg)
         self.progress = Progress(TextColumn("{task.description:>18}"), BarColumn(),
                                  TextColumn("{task.fields[amount]:>14}"), TextColumn("{task.fields[info]}"),
@@ -176,7 +177,7 @@ class LiveDisplay:
         self._update_budgets(current=(step / max(total, 1), self.clock() - self.trial_started))
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.study = study
+        self._set_study(study)
         self.last_step = 0
         self._update_budgets()
         counts = Counter(trial_status(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
@@ -189,11 +190,9 @@ class LiveDisplay:
 
     # ------------------------------------------------------------------------------------------------ state
     def _update_budgets(self, current: tuple[float, float] = (0.0, 0.0)) -> None:
-        """Spent budget from storage (finished trials) plus the running trial's share so far."""
+        """Spent budget: the finished trials' plus the running trial's share so far."""
         fte_now, seconds_now = current
-        finished = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                 TrialState.FAIL)) if self.study else []
-        cost = study_cost(finished)
+        cost = self.spent
         used = {"trials": cost["trials"], "FTE": cost["fte"] + fte_now,
                 "device-hours": (cost["wall_seconds"] + seconds_now) / 3600, "time": self.clock() - self.start}
         for b, task in zip(self.budgets, self.budget_tasks, strict=True):
@@ -226,9 +225,14 @@ class LiveDisplay:
         return sorted((t for t in trials if "pbt_member" in t.user_attrs), key=lambda t: t.user_attrs["pbt_member"])
 
     def _study(self) -> optuna.Study | None:
+        """The study being run: known from the first finished trial, read from storage before that."""
         if self.study is None:
             try:
-                self.study = load_study(self.cfg.storage, self.cfg.study_name)
+                self._set_study(load_study(self.cfg.storage, self.cfg.study_name))
             except LmtuneError:  # not created yet, or an in-memory storage this process cannot reopen
                 return None
         return self.study
+
+    def _set_study(self, study: optuna.Study) -> None:
+        self.study = study
+        self.spent = study_cost(study.get_trials(deepcopy=False))

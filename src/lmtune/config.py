@@ -266,6 +266,8 @@ class SearchConfig(_Strict):
     timeout: float | None = Field(None, gt=0, description="seconds for this invocation")
     baseline: bool = Field(True, description="enqueue the train: values as trial 0")
     n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
+    oom_retries: int = Field(2, ge=0, description="retries of an out-of-memory trial, each with half the "
+                             "micro-batch and twice the gradient accumulation")
 
     @model_validator(mode="after")
     def _space(self) -> SearchConfig:

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.config import ExperimentConfig, ParamSpec, validate_config
-from lmtune.errors import ConfigError
+from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage
@@ -118,7 +118,8 @@ class Study:
         full-training equivalents or `budget_device_hours` of trial time spent by the whole study (resumed
         runs count), or `timeout` seconds of this call.
 
-        A trial that raises is recorded as failed with its reason, and the study goes on. Cost is read from
+        A trial that raises is recorded as failed with its reason, one whose loss diverges (`DivergedError`)
+        as pruned with `stop_reason` "diverged", and the study goes on. Cost is read from
         each trial's ``cost`` attribute (``fte``, ``wall_seconds``), which a user objective may set too.
         """
         if n_trials is None and timeout is None and budget_fte is None and budget_device_hours is None:
@@ -165,8 +166,17 @@ class Study:
         ctx = TrialContext(trial, params, self.metric, is_baseline)
         try:
             out = objective(ctx)
+        except DivergedError as e:
+            # A NaN/inf loss says the configuration is bad, not that the trial broke: pruned, so samplers
+            # learn from it like any other stopped trial and the failure list keeps only real failures.
+            trial.set_user_attr("stop_reason", "diverged")
+            trial.set_user_attr("prune_reason", mask_url(str(e))[:2000])
+            raise optuna.TrialPruned(str(e)) from None
+        except OutOfMemoryError as e:
+            trial.set_user_attr("fail_reason", mask_url(str(e))[:2000])  # "oom: ...", a reason code first
+            raise
         except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            trial.set_user_attr("fail_reason", mask_url(f"{type(e).__name__}: {e}")[:2000])
             raise
         metrics = {self.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in
                                                                                  out.items()}

@@ -10,13 +10,15 @@ from typing import Annotated, Any
 import optuna
 import typer
 import yaml
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from lmtune.config import ExperimentConfig, load_config, validate_section
 from lmtune.display import LiveDisplay, fmt, log_trial, trials_table
-from lmtune.errors import LmtuneError
+from lmtune.errors import ConfigError, LmtuneError
 from lmtune.results import (
     best_config,
     best_trial,
@@ -26,6 +28,7 @@ from lmtune.results import (
     study_cost,
     write_comparison,
 )
+from lmtune.storage import mask_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tune the hyperparameters of LLM instruction fine-tuning with real trials.")
@@ -40,17 +43,27 @@ StudyOpt = Annotated[str | None, typer.Option("--study", help="study name (defau
 
 
 def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    # Text, not markup: a message may hold "[...]" (a list of choices) that rich would take for a style.
+    err_console.print(Text.assemble(("error: ", "bold red"), mask_url(str(e))), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _load(config: Path, storage: str | None = None, study: str | None = None) -> ExperimentConfig:
     cfg = load_config(config)
     if storage:
-        cfg.storage = storage
+        _override(cfg, "storage", storage, "--storage")
     if study:
-        cfg.study_name = study
+        _override(cfg, "study_name", study, "--study")
     return cfg
+
+
+def _override(section: BaseModel, field: str, value: Any, option: str) -> None:
+    """Set a config field from a command-line option, validated like the YAML value it replaces."""
+    try:
+        setattr(section, field, value)
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{option} {value!r}: {msg}") from None
 
 
 def print_best(study: optuna.Study, output: Path | None) -> None:
@@ -95,9 +108,9 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
     try:
         cfg = _load(config, storage, study)
         if n_trials is not None:
-            cfg.search.n_trials = n_trials
+            _override(cfg.search, "n_trials", n_trials, "--n-trials")
         if timeout is not None:
-            cfg.search.timeout = timeout
+            _override(cfg.search, "timeout", timeout, "--timeout")
         if quiet:
             result = tune(cfg)
         elif console.is_terminal:

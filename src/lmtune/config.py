@@ -312,6 +312,16 @@ class SearchConfig(_Strict):
         return self
 
 
+    def check_tunable(self) -> None:
+        """A study needs a dimension that varies. Checked when a study runs, not at validation: the same
+        config, space-less, drives `lmtune train`."""
+        if not any(len({repr(c) for c in spec.candidates()}) > 1 for spec in self.space.values()):
+            what = "is empty" if not self.space else f"fixes every parameter ({', '.join(self.space)})"
+            raise ConfigError(f"search.space {what}: there is nothing to tune; give a range or choices for at "
+                              "least one training argument (or set search.preset), or use `lmtune train` for "
+                              "a single run")
+
+
 class ObjectiveConfig(_Strict):
     metric: str = "exact_match"
     direction: Literal["maximize", "minimize"] | None = None
@@ -593,8 +603,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of an experiment YAML file")
+    loader = _UniqueKeyLoader(p.read_text())
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = loader.get_single_data() or {}
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -602,7 +613,24 @@ def load_config(path: str | Path) -> ExperimentConfig:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"invalid YAML in {p}{where}: {problem}; fix the syntax there") from None
+    finally:
+        loader.dispose()
     return validate_config(data, str(p), p.parent.resolve())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML (plain data only, no Python objects) that refuses a key given twice in one mapping, where
+    PyYAML would silently keep the last: a second `learning_rate:` further down is a typo, not an override."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}; keep one of them",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def run_dir(cfg: ExperimentConfig) -> Path:

@@ -74,8 +74,9 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
     for t in trials:
         m = t.user_attrs.get("metrics", {})
         state = t.state.name.lower() + (" (baseline)" if t.user_attrs.get("baseline") else "")
-        if t.state == TrialState.FAIL:
-            state += f": {t.user_attrs.get('fail_reason', '')[:80]}"
+        reason = trial_reason(t)
+        if reason:
+            state += f": {reason[:80]}"
         style = "bold green" if best is not None and t.number == best.number else None
         c = cost_of(t)
         values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in params}}
@@ -84,13 +85,19 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
     return table
 
 
+def trial_reason(t: FrozenTrial) -> str:
+    """Why a trial failed, or why a pruned one diverged; empty for the rest."""
+    if t.state == TrialState.FAIL:
+        return str(t.user_attrs.get("fail_reason", ""))
+    return str(t.user_attrs.get("prune_reason", "")) if t.state == TrialState.PRUNED else ""
+
+
 def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
     """A callback printing one plain line per finished trial, for logs and pipes."""
 
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
         m = trial.user_attrs.get("metrics", {})
-        extra = trial.user_attrs.get("fail_reason", "") if trial.state == TrialState.FAIL else json.dumps(
-            {k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
+        extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
         params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
         console.print(f"trial {trial.number} {trial_status(trial)}: {metric_of(study)}={fmt(trial.value)} "
                       f"{params} {extra}", highlight=False, soft_wrap=True)

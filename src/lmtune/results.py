@@ -23,7 +23,7 @@ SHOWN_METRICS = ("exact_match", "token_f1", "eval_loss", "perplexity", "tokens_p
 
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """An existing study; with no name, the only study in the storage."""
-    store = open_storage(storage)
+    store = open_storage(storage, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if study_name is None:
         if len(names) != 1:

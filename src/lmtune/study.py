@@ -19,7 +19,7 @@ from lmtune.config import ExperimentConfig, ParamSpec, validate_config
 from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
-from lmtune.storage import mask_url, open_storage
+from lmtune.storage import mask_url, open_storage, strip_password
 from lmtune.strategies import create_pruner, create_sampler, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -234,7 +234,9 @@ def open_tuning_study(cfg: ExperimentConfig) -> Study:
     """The study of a config, with the config stored on first use (the report and `best` read it back)."""
     study = open_study(cfg)
     if "config" not in study.optuna.user_attrs:
-        study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
+        stored = json.loads(cfg.model_dump_json())
+        stored["storage"] = strip_password(cfg.storage)  # the study's readers need not learn the password
+        study.optuna.set_user_attr("config", stored)
     return study
 
 
@@ -246,6 +248,7 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
 
     cfg = validate_config(config)
     callbacks = list(callbacks)
+    cfg.search.check_tunable()
     quiet_libraries()
     objective = FineTuneObjective(cfg, progress=trial_progress)
     objective.prepare()  # a bad dataset or model path fails here, before the study is touched

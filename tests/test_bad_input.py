@@ -92,8 +92,8 @@ CASES = [
     Case("cli-timeout-negative", ["--timeout -5.0", "greater than 0"], args=[*RUN, "--timeout", "-5"]),
     # empty or impossible search spaces
     Case("space-empty", ["search.space is empty", "nothing to tune"], patch={"search": {"space": {}}}),
-    Case("space-all-fixed", ["search.space fixes every parameter", "nothing to tune"],
-         patch={"search": {"space": {"learning_rate": 0.01, "optim": ["sgd"]}}}),
+    Case("space-all-fixed-no-baseline", ["search.space fixes every parameter", "nothing to tune"],
+         patch={"search": {"baseline": False, "space": {"learning_rate": 0.01, "optim": ["sgd"]}}}),
     Case("space-low-above-high", [f"{SPACE}.learning_rate", "swap them"],
          patch={"search": {"space": {"learning_rate": {"low": 1e-2, "high": 1e-4}}}}),
     Case("space-empty-choices", [f"{SPACE}.optim", "non-empty list of choices"],

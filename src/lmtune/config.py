@@ -313,13 +313,15 @@ class SearchConfig(_Strict):
 
 
     def check_tunable(self) -> None:
-        """A study needs a dimension that varies. Checked when a study runs, not at validation: the same
-        config, space-less, drives `lmtune train`."""
-        if not any(len({repr(c) for c in spec.candidates()}) > 1 for spec in self.space.values()):
-            what = "is empty" if not self.space else f"fixes every parameter ({', '.join(self.space)})"
-            raise ConfigError(f"search.space {what}: there is nothing to tune; give a range or choices for at "
-                              "least one training argument (or set search.preset), or use `lmtune train` for "
-                              "a single run")
+        """A study needs something to compare: a dimension that varies, or fixed values against the baseline.
+        Checked when a study runs, not at validation: the same config, space-less, drives `lmtune train`."""
+        varies = any(len({repr(c) for c in spec.candidates()}) > 1 for spec in self.space.values())
+        if self.space and (varies or self.baseline):
+            return
+        what = "is empty" if not self.space else (f"fixes every parameter ({', '.join(self.space)}) and "
+                                                  "search.baseline is false")
+        raise ConfigError(f"search.space {what}: there is nothing to tune; give a range or choices for at least "
+                          "one training argument (or set search.preset), or use `lmtune train` for a single run")
 
 
 class ObjectiveConfig(_Strict):

@@ -173,7 +173,13 @@ def run_segment(cfg: ExperimentConfig, job: SegmentJob, tokenizer: Any, prepared
         trainer.set_hparams({k: v for k, v in job.params.items()
                              if k in MUTABLE_HPARAMS and v != getattr(start_cfg, k)})
     first_step = trainer.step
-    result = trainer.train(until_step=job.until_step)
+    try:
+        result = trainer.train(until_step=job.until_step)
+    except DivergedError as e:
+        r = trainer.result
+        return SegmentResult(metrics={}, steps=trainer.step - first_step, planned_steps=trainer.total_steps,
+                             tokens=r.tokens, train_seconds=r.train_seconds, wall_seconds=r.wall_seconds,
+                             diverged=str(e))
     trainer.save_state(job.checkpoint_out)
     return SegmentResult(metrics={k: v for k, v in result.metrics.items() if k != "step"},
                          steps=trainer.step - first_step, planned_steps=trainer.total_steps, tokens=result.tokens,

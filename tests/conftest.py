@@ -16,6 +16,8 @@ import torch
 
 # The built-in model is materialised once per test session, not in the user's cache.
 os.environ.setdefault("LMTUNE_HOME", tempfile.mkdtemp(prefix="lmtune-test-home-"))
+# Nothing in the tests may reach the network: a hub id fails at once instead of retrying for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
 

@@ -1,6 +1,7 @@
 """The command line, driven as a user would: YAML files in a directory, `lmtune run/train/status/best`."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ def test_run_then_status_and_best(tmp_path, monkeypatch):
     res = runner.invoke(app, ["run", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "baseline vs tuned" in res.output and "study cost: 3 trials" in res.output
+    assert not re.search(r"^trial \d+ ", res.output, flags=re.M)  # --quiet: the summary, no per-trial lines
     assert ("tuned beats the baseline" in res.output) != ("baseline is already the best" in res.output)
     assert (tmp_path / "best_comparison.md").is_file() and (tmp_path / "best_comparison.csv").is_file()
     best = load_config(tmp_path / "best.yaml")  # the written best config is itself a valid experiment

@@ -217,7 +217,10 @@ def test_dashboard_serves_the_study_on_localhost(asha):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-c", "from lmtune.cli import app; app()", "dashboard",
                              "--storage", storage, "--study", "test", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # As in a terminal: a test run started in the background (`pytest &`, some CI
+                            # runners) has SIGINT ignored, and a child would inherit that and never stop.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline, page = time.monotonic() + 60, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -233,7 +236,7 @@ def test_dashboard_serves_the_study_on_localhost(asha):
             summaries = json.loads(r.read())["study_summaries"]
         assert [s["study_name"] for s in summaries] == ["test"]
         proc.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

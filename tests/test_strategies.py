@@ -134,3 +134,22 @@ def test_pbt_in_two_worker_processes_matches_one_process(tmp_path):
 
     one, two = run(1), run(2)
     assert len(one) == 4 and two == pytest.approx(one, rel=1e-5)
+
+
+def test_pbt_member_that_diverges_is_pruned_and_the_population_goes_on(tmp_path):
+    cfg = small_config(tmp_path, search={
+        "strategy": "pbt", "seed": 0, "baseline": False,
+        "space": {"learning_rate": [3e-3, 1e6], "weight_decay": {"low": 0.0, "high": 0.1}},
+        "pbt": {"population_size": 4, "segment_steps": 6, "resample_probability": 0.0,
+                "checkpoint_dir": str(tmp_path / "pbt")}},
+        train={"optim": "sgd", "momentum": 0.0, "max_grad_norm": 0.0, "max_steps": 12, "eval_steps": 6})
+    study = tune(cfg)
+    diverged = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(diverged) + len(complete) == 4 and diverged and complete
+    for t in diverged:
+        assert t.params["learning_rate"] == 1e6 and t.user_attrs["stop_reason"] == "diverged"
+        assert t.user_attrs["prune_reason"].startswith("diverged:") and 1 <= t.user_attrs["cost"]["steps"] <= 6
+    for t in complete:  # the rest trained to the end, exploiting only each other
+        assert t.user_attrs["cost"]["steps"] == 12 and t.user_attrs["schedule"][-1]["learning_rate"] == 3e-3
+    assert study.optuna.user_attrs["pbt"]["best_trial"] in {t.number for t in complete}

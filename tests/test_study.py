@@ -63,7 +63,7 @@ def test_rerun_resumes_and_counts_trials_already_done(tmp_path):
     assert len(tune(cfg).trials) == 5  # budget reached: nothing more runs
 
 
-def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+def test_diverged_trials_are_pruned_and_the_study_goes_on(tmp_path):
     cfg = small_config(tmp_path, search={
         "strategy": "grid", "n_trials": 10,
         "space": {"learning_rate": {"low": 1e-3, "high": 1e6, "values": [3e-3, 1e6]}, "optim": ["sgd"],
@@ -72,8 +72,10 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
     study = tune(cfg)
     by_lr = {t.params.get("learning_rate"): t for t in study.trials if not t.user_attrs.get("baseline")}
     assert len(study.trials) == 3  # the baseline, then a grid of two points, then the grid is exhausted
-    assert by_lr[1e6].state == TrialState.FAIL
-    assert by_lr[1e6].user_attrs["fail_reason"].startswith("DivergedError: diverged")
+    diverged = by_lr[1e6]
+    assert diverged.state == TrialState.PRUNED and diverged.user_attrs["stop_reason"] == "diverged"
+    assert diverged.user_attrs["prune_reason"].startswith("diverged: training loss is nan")
+    assert "fail_reason" not in diverged.user_attrs and diverged.user_attrs["cost"]["steps"] >= 1
     assert by_lr[3e-3].state == TrialState.COMPLETE
     assert len(tune(cfg).trials) == 3  # an exhausted grid runs nothing more when resumed
 

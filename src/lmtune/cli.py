@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,25 +10,25 @@ from typing import Annotated, Any
 import optuna
 import typer
 import yaml
-from pydantic import ValidationError
-from rich.console import Console, Group
-from rich.live import Live
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from lmtune.config import ExecutorConfig, ExperimentConfig, load_config, validate_section
-from lmtune.errors import LmtuneError
+from lmtune.display import LiveDisplay, fmt, log_trial, trials_table
+from lmtune.errors import ConfigError, LmtuneError
 from lmtune.results import (
-    SHOWN_METRICS,
     best_config,
     best_trial,
     compare,
-    cost_of,
     load_study,
     metric_of,
     study_cost,
     write_comparison,
 )
+from lmtune.storage import mask_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tune the hyperparameters of LLM instruction fine-tuning with real trials.")
@@ -44,49 +43,27 @@ StudyOpt = Annotated[str | None, typer.Option("--study", help="study name (defau
 
 
 def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    # Text, not markup: a message may hold "[...]" (a list of choices) that rich would take for a style.
+    err_console.print(Text.assemble(("error: ", "bold red"), mask_url(str(e))), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _load(config: Path, storage: str | None = None, study: str | None = None) -> ExperimentConfig:
     cfg = load_config(config)
     if storage:
-        cfg.storage = storage
+        _override(cfg, "storage", storage, "--storage")
     if study:
-        cfg.study_name = study
+        _override(cfg, "study_name", study, "--study")
     return cfg
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def trials_table(study: optuna.Study, limit: int | None = None, title: str | None = None) -> Table:
-    metric = metric_of(study)
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    best = best_trial(study)
-    if limit is not None:
-        trials = trials[-limit:]
-    params = list(dict.fromkeys(k for t in trials for k in t.params))
-    table = Table(title=title, show_lines=False)
-    metric_cols = list(dict.fromkeys((metric, "eval_loss")))
-    for col in ("#", "state", *metric_cols, "FTE", "s", *params):
-        table.add_column(col, overflow="fold")
-    for t in trials:
-        m = t.user_attrs.get("metrics", {})
-        state = t.state.name.lower() + (" (baseline)" if t.user_attrs.get("baseline") else "")
-        if t.state == optuna.trial.TrialState.FAIL:
-            state += f": {t.user_attrs.get('fail_reason', '')[:80]}"
-        style = "bold green" if best is not None and t.number == best.number else None
-        c = cost_of(t)
-        values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in params}}
-        table.add_row(str(t.number), state, *(_fmt(m.get(k)) for k in metric_cols), _fmt(c.get("fte")),
-                      _fmt(c.get("wall_seconds"), 3), *(_fmt(values.get(p), 3) for p in params), style=style)
-    return table
+def _override(section: BaseModel, field: str, value: Any, option: str) -> None:
+    """Set a config field from a command-line option, validated like the YAML value it replaces."""
+    try:
+        setattr(section, field, value)
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{option} {value!r}: {msg}") from None
 
 
 def print_best(study: optuna.Study, output: Path | None) -> None:
@@ -95,14 +72,14 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
         console.print("[yellow]no completed trial yet[/]")
         return
     cost = study_cost(study.get_trials(deepcopy=False))
-    console.print(f"[bold]best trial {best.number}[/]: {metric_of(study)} = {_fmt(best.value)}")
+    console.print(f"[bold]best trial {best.number}[/]: {metric_of(study)} = {fmt(best.value)}")
     comp = compare(study)
     if comp is not None:
         table = Table(title="baseline vs tuned")
         for col in ("", "baseline", "tuned"):
             table.add_column(col)
         for name, b, t in comp.rows:
-            table.add_row(name, _fmt(b), _fmt(t))
+            table.add_row(name, fmt(b), fmt(t))
         console.print(table)
         console.print(f"[bold]{comp.verdict}[/]")
         for flag in (study.user_attrs.get("selection") or {}).get("flags", []):
@@ -123,7 +100,8 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         storage: StorageOpt = None, study: StudyOpt = None,
         output: Annotated[Path, typer.Option("-o", "--output", help="where to write the best config")] = Path(
             "best.yaml"),
-        quiet: Annotated[bool, typer.Option(help="no live display")] = False,
+        quiet: Annotated[bool, typer.Option(help="print only the final summary: no live display, no "
+                                                 "per-trial lines")] = False,
         workers: Annotated[int | None, typer.Option(help="trials in parallel, each in its own process "
                                                          "(override executor.workers)")] = None,
         executor: Annotated[str | None, typer.Option(help="local or ray (override executor.type)")] = None,
@@ -134,18 +112,17 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
     try:
         cfg = _load(config, storage, study)
         if n_trials is not None:
-            cfg.search.n_trials = n_trials
+            _override(cfg.search, "n_trials", n_trials, "--n-trials")
         if timeout is not None:
-            cfg.search.timeout = timeout
+            _override(cfg.search, "timeout", timeout, "--timeout")
         _set_executor(cfg, workers, executor, address)
-        live = not quiet and console.is_terminal
-        display = _LiveDisplay(cfg) if live else None
-        callbacks = [display.on_trial_end if display else _log_trial]
-        if display:
-            with display:
-                result = tune(cfg, callbacks=callbacks, trial_progress=display.on_step)
+        if quiet:
+            result = tune(cfg)
+        elif console.is_terminal:
+            with LiveDisplay(cfg, console) as display:
+                result = tune(cfg, callbacks=[display.on_trial_end], trial_progress=display.on_step)
         else:
-            result = tune(cfg, callbacks=callbacks)
+            result = tune(cfg, callbacks=[log_trial(console)])
         console.print(trials_table(result.optuna, title=f"study {result.name}"))
         print_best(result.optuna, output)
     except LmtuneError as e:
@@ -162,7 +139,7 @@ def _set_executor(cfg: ExperimentConfig, workers: int | None, executor: str | No
     try:
         cfg.executor = section
     except ValidationError as e:  # checks across sections, e.g. pbt runs its own workers
-        raise LmtuneError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 @app.command()
@@ -179,48 +156,9 @@ def worker(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
 
     try:
         cfg = _load(config, storage, study)
-        work(cfg, worker=os.getpid() if index is None else index, callbacks=[_log_trial])
+        work(cfg, worker=os.getpid() if index is None else index, callbacks=[log_trial(console)])
     except LmtuneError as e:
         _fail(e)
-
-
-class _LiveDisplay:
-    """Study and trial progress bars above a table of the latest finished trials, refreshed in place."""
-
-    def __init__(self, cfg: ExperimentConfig):
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
-        self.study_task = self.progress.add_task("study", total=cfg.search.n_trials, info="")
-        self.trial_task = self.progress.add_task("trial", total=None, info="")
-        self.table = Table()
-        self.live = Live(Group(self.progress, self.table), console=console, refresh_per_second=4, transient=True)
-
-    def __enter__(self) -> _LiveDisplay:
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)  # type: ignore[arg-type]
-
-    def on_step(self, step: int, total: int, loss: float) -> None:
-        if step == 1:
-            self.progress.reset(self.trial_task, total=total)
-        self.progress.update(self.trial_task, completed=step, total=total, info=f"loss {loss:.3f}")
-
-    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        self.progress.update(self.study_task, completed=done)
-        self.table = trials_table(study, limit=12, title="latest trials (best in green)")
-        self.live.update(Group(self.progress, self.table))
-
-
-def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    m = trial.user_attrs.get("metrics", {})
-    extra = trial.user_attrs.get("fail_reason", "") if trial.state.name == "FAIL" else json.dumps(
-        {k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-    console.print(f"trial {trial.number} {trial.state.name.lower()}: {metric_of(study)}={_fmt(trial.value)} "
-                  f"{params} {extra}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -256,7 +194,7 @@ def train(config: ConfigArg,
         table.add_column("metric")
         table.add_column("value")
         for k, v in result.metrics.items():
-            table.add_row(k, _fmt(v))
+            table.add_row(k, fmt(v))
         console.print(table)
         console.print(f"{result.steps} steps, {result.tokens} tokens, {result.wall_seconds:.1f} s")
         if train_cfg.output_dir:
@@ -353,8 +291,8 @@ def selection_table(selection: dict[str, Any]) -> Table:
     for r in selection["candidates"]:
         name = f"{r['trial']}" + (" (baseline)" if r["baseline"] else "") + (
             " *winner*" if r["trial"] == selection["winner"] else "")
-        table.add_row(name, _fmt(r["search_value"]), *(_fmt(s["test"][metric]) for s in r["per_seed"].values()),
-                      f"{r['test_mean']:.4g} ± {r['test_std']:.3g}", _fmt(r["validation_mean"]), _fmt(r["gap"], 3),
+        table.add_row(name, fmt(r["search_value"]), *(fmt(s["test"][metric]) for s in r["per_seed"].values()),
+                      f"{r['test_mean']:.4g} ± {r['test_std']:.3g}", fmt(r["validation_mean"]), fmt(r["gap"], 3),
                       style="bold green" if r["trial"] == selection["winner"] else None)
     return table
 

@@ -10,7 +10,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -266,6 +266,8 @@ class SearchConfig(_Strict):
     timeout: float | None = Field(None, gt=0, description="seconds for this invocation")
     baseline: bool = Field(True, description="enqueue the train: values as trial 0")
     n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
+    oom_retries: int = Field(2, ge=0, description="retries of an out-of-memory trial, each with half the "
+                             "micro-batch and twice the gradient accumulation")
 
     @model_validator(mode="after")
     def _space(self) -> SearchConfig:
@@ -308,6 +310,18 @@ class SearchConfig(_Strict):
                         "or a `step`, or make it categorical"
                     )
         return self
+
+
+    def check_tunable(self) -> None:
+        """A study needs something to compare: a dimension that varies, or fixed values against the baseline.
+        Checked when a study runs, not at validation: the same config, space-less, drives `lmtune train`."""
+        varies = any(len({repr(c) for c in spec.candidates()}) > 1 for spec in self.space.values())
+        if self.space and (varies or self.baseline):
+            return
+        what = "is empty" if not self.space else (f"fixes every parameter ({', '.join(self.space)}) and "
+                                                  "search.baseline is false")
+        raise ConfigError(f"search.space {what}: there is nothing to tune; give a range or choices for at least "
+                          "one training argument (or set search.preset), or use `lmtune train` for a single run")
 
 
 class ObjectiveConfig(_Strict):
@@ -408,6 +422,8 @@ class StagesConfig(_Strict):
 
     proxy: ProxyStageConfig = Field(default_factory=ProxyStageConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+
 class ExecutorConfig(_Strict):
     """Where trials run. Without `workers`, one trial at a time in the `lmtune run` process."""
 
@@ -427,6 +443,48 @@ class ExecutorConfig(_Strict):
         return self
 
 
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<output_dir>/<study_name>/mlflow.db")
+    experiment_name: str | None = Field(None, description="default: the study name")
+
+
+class TensorBoardConfig(_Strict):
+    log_dir: str | None = Field(None, description="runs go to <log_dir>/<study_name>/trial-NNNN; default "
+                                "<output_dir>/<study_name>/tensorboard/trial-NNNN")
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers that receive every finished trial. YAML: `tracking: mlflow`, a list of names, or a
+    mapping of name -> options."""
+
+    mlflow: MlflowConfig | None = None
+    tensorboard: TensorBoardConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, list):
+            unknown = [n for n in data if n not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; choose from {list(cls.model_fields)}")
+            data = dict.fromkeys(data)
+        if isinstance(data, dict):  # `mlflow:` with no options, or `mlflow: true`, switches it on with defaults
+            data = {k: {} if v is None or v is True else v for k, v in data.items() if v is not False}
+        return data
+
+    @model_validator(mode="after")
+    def _installed(self) -> TrackingConfig:
+        import importlib.util
+
+        for name, module in (("mlflow", "mlflow"), ("tensorboard", "tensorboard")):
+            if getattr(self, name) is not None and importlib.util.find_spec(module) is None:
+                raise ValueError(f"{name} is switched on but the {module} package is not installed; "
+                                 "run pip install 'lmtune[tracking]' or remove it from tracking")
+        return self
+
+
 class ExperimentConfig(_Strict):
     study_name: str = Field("lmtune", min_length=1)
     storage: str = "sqlite:///lmtune.db"
@@ -439,6 +497,7 @@ class ExperimentConfig(_Strict):
     select: SelectConfig | None = Field(None, description="run the selection phase after the search")
     stages: StagesConfig | None = Field(None, description="tune on a proxy first, then transfer to the target")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _stages(self) -> ExperimentConfig:
@@ -517,9 +576,11 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = ExperimentConfig
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        sub = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+        if sub is None:
             return None
-        model = field.annotation
+        model = sub
     return model
 
 
@@ -535,6 +596,8 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
     target, _, fn = cfg.train.augmentation.rpartition(":")
     if target.endswith(".py"):
         cfg.train.augmentation = f"{fix(target)}:{fn}"
+    if cfg.tracking.tensorboard is not None:
+        cfg.tracking.tensorboard.log_dir = fix(cfg.tracking.tensorboard.log_dir)
     name = cfg.model.name_or_path
     if name.startswith((".", "/", "~")) or (base / name).exists():
         cfg.model.name_or_path = str(Path(fix(name) or name).expanduser())
@@ -569,8 +632,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of an experiment YAML file")
+    loader = _UniqueKeyLoader(p.read_text())
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = loader.get_single_data() or {}
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -578,7 +642,24 @@ def load_config(path: str | Path) -> ExperimentConfig:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"invalid YAML in {p}{where}: {problem}; fix the syntax there") from None
+    finally:
+        loader.dispose()
     return validate_config(data, str(p), p.parent.resolve())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML (plain data only, no Python objects) that refuses a key given twice in one mapping, where
+    PyYAML would silently keep the last: a second `learning_rate:` further down is a typo, not an override."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}; keep one of them",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def run_dir(cfg: ExperimentConfig) -> Path:

@@ -18,4 +18,8 @@ class ModelLoadError(LmtuneError):
 
 
 class DivergedError(LmtuneError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss; a study records the trial as pruned, not failed."""
+
+
+class OutOfMemoryError(LmtuneError):
+    """A trial ran out of memory even after its micro-batch was halved as often as allowed."""

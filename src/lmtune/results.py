@@ -23,7 +23,7 @@ SHOWN_METRICS = ("exact_match", "token_f1", "eval_loss", "perplexity", "tokens_p
 
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """An existing study; with no name, the only study in the storage."""
-    store = open_storage(storage)
+    store = open_storage(storage, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if study_name is None:
         if len(names) != 1:
@@ -55,6 +55,26 @@ def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
             if k in total:
                 total[k] += v
     return total
+
+
+def trial_status(t: FrozenTrial) -> str:
+    """How a trial ended, in words: complete, early stopped, pruned, failed, or running."""
+    if t.state == TrialState.PRUNED:
+        return "pruned"
+    if t.state == TrialState.FAIL:
+        return "failed"
+    if t.state == TrialState.COMPLETE:
+        return "early stopped" if t.user_attrs.get("stop_reason") == "early_stopping" else "complete"
+    return "running"
+
+
+def trial_curve(t: FrozenTrial, metric: str) -> list[tuple[int, dict[str, float]]]:
+    """The trial's evaluations as (optimizer step, metrics): lmtune's ``curve`` attribute, else the bare
+    numbers a user objective reported (named `metric`)."""
+    curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
+    if curve:
+        return [(int(c["step"]), {k: v for k, v in c.items() if k != "step"}) for c in curve]
+    return [(int(s), {metric: v}) for s, v in sorted(t.intermediate_values.items())]
 
 
 def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:

@@ -18,10 +18,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.config import ExperimentConfig, ParamSpec, validate_config
-from lmtune.errors import ConfigError
+from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
-from lmtune.storage import mask_url, open_storage, study_lock
+from lmtune.storage import mask_url, open_storage, strip_password, study_lock
 from lmtune.strategies import create_pruner, create_sampler, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -116,8 +116,17 @@ def evaluate(objective: Objective, ctx: TrialContext) -> float:
     trial = ctx.trial
     try:
         out = objective(ctx)
+    except DivergedError as e:
+        # A NaN/inf loss says the configuration is bad, not that the trial broke: pruned, so samplers
+        # learn from it like any other stopped trial and the failure list keeps only real failures.
+        trial.set_user_attr("stop_reason", "diverged")
+        trial.set_user_attr("prune_reason", mask_url(str(e))[:2000])
+        raise optuna.TrialPruned(str(e)) from None
+    except OutOfMemoryError as e:
+        trial.set_user_attr("fail_reason", mask_url(str(e))[:2000])  # "oom: ...", a reason code first
+        raise
     except Exception as e:
-        trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+        trial.set_user_attr("fail_reason", mask_url(f"{type(e).__name__}: {e}")[:2000])
         raise
     metrics = {ctx.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in out.items()}
     if ctx.metric not in metrics:
@@ -157,7 +166,7 @@ class Study:
         sampler_name, self.pruner = resolve(strategy, pruner)
         sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
         pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource)
-        storage_obj = open_storage(storage, heartbeat_interval, grace_period)
+        storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
@@ -186,7 +195,8 @@ class Study:
         full-training equivalents or `budget_device_hours` of trial time spent by the whole study (resumed
         runs count), or `timeout` seconds of this call.
 
-        A trial that raises is recorded as failed with its reason, and the study goes on. Cost is read from
+        A trial that raises is recorded as failed with its reason, one whose loss diverges (`DivergedError`)
+        as pruned with `stop_reason` "diverged", and the study goes on. Cost is read from
         each trial's ``cost`` attribute (``fte``, ``wall_seconds``), which a user objective may set too.
         `execute(objective, ctx)` runs the objective somewhere else (a child process, a Ray task); `n_jobs`
         trials run at once in threads of this process, each waiting on its own `execute`.
@@ -286,24 +296,30 @@ def open_tuning_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
     """The study of a config, with the config stored on first use (the report and `best` read it back)."""
     study = open_study(cfg, worker)
     if "config" not in study.optuna.user_attrs:
-        study.optuna.set_user_attr("config", json.loads(cfg.model_dump_json()))
+        stored = json.loads(cfg.model_dump_json())
+        stored["storage"] = strip_password(cfg.storage)  # the study's readers need not learn the password
+        study.optuna.set_user_attr("config", stored)
     return study
 
 
 def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback] = (),
          trial_progress: Callable[[int, int, float], None] | None = None) -> Study:
     """Run (or resume) the tuning study an experiment config describes and return it."""
+    from lmtune.tracking import create_trackers
     from lmtune.trial import FineTuneObjective
 
     cfg = validate_config(config)
+    callbacks = list(callbacks)
+    cfg.search.check_tunable()
     quiet_libraries()
     objective = FineTuneObjective(cfg, progress=trial_progress)
     objective.prepare()  # a bad dataset or model path fails here, before the study is touched
     if cfg.stages is not None:
         from lmtune.proxy import run_stages
 
+        target_callbacks = [*callbacks, *create_trackers(cfg)]  # the proxy stage's search tracks its own study
         study = run_stages(cfg, objective, lambda c: search(c, FineTuneObjective(c, progress=trial_progress),
-                                                            callbacks), callbacks)
+                                                            callbacks), target_callbacks)
     else:
         study = search(cfg, objective, callbacks)
     if cfg.select is not None:
@@ -316,12 +332,14 @@ def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback
 
 def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] = ()) -> Study:
     """The search stage: the config's strategy and budget over its space, with a fine-tuning objective."""
+    from lmtune.tracking import create_trackers
     from lmtune.trial import run_pbt
 
     objective.prepare()
+    callbacks = [*callbacks, *create_trackers(cfg)]
     study = open_tuning_study(cfg)
     if cfg.search.strategy == "pbt":
-        for member in run_pbt(cfg, study, objective):
+        for member in run_pbt(cfg, study, objective, callbacks):
             frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
             for callback in callbacks:
                 callback(study.optuna, frozen)

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from pydantic import ValidationError
 
 from lmtune.config import ExperimentConfig, TrainConfig, run_dir
+from lmtune.errors import DivergedError, OutOfMemoryError
 from lmtune.storage import study_lock
 from lmtune.strategies import Member, PopulationBasedTraining, SegmentJob, SegmentResult
-from lmtune.study import Study, TrialContext
+from lmtune.study import Callback, Study, TrialContext
 from lmtune.train.model import check_model, load_tokenizer
 from lmtune.train.trainer import MUTABLE_HPARAMS, PreparedData, Trainer, TrainResult
 
@@ -61,12 +64,29 @@ class FineTuneObjective:
     def __call__(self, ctx: TrialContext) -> dict[str, float]:
         cfg = self.cfg
         train_cfg = trial_train_config(cfg.train, ctx.params)
-        ctx.set("hparams", json.loads(train_cfg.model_dump_json()))
         tokenizer, prepared = self.prepare()
-        trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
-                          maximize=cfg.objective.direction == "maximize", prepared=prepared, tokenizer=tokenizer,
-                          report=ctx.report, progress=self.progress).setup()
-        result = trainer.train()
+        attempts: list[dict[str, Any]] = []
+        while True:
+            ctx.set("hparams", json.loads(train_cfg.model_dump_json()))
+            trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
+                              maximize=cfg.objective.direction == "maximize", prepared=prepared,
+                              tokenizer=tokenizer, report=ctx.report, progress=self.progress)
+            oom = _train_or_oom(trainer, ctx)
+            if oom is None:
+                break
+            del trainer
+            free_memory()
+            attempts.append({"per_device_train_batch_size": train_cfg.per_device_train_batch_size,
+                             "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "error": oom})
+            ctx.set("oom_attempts", attempts)
+            if len(attempts) > cfg.search.oom_retries or train_cfg.per_device_train_batch_size == 1:
+                raise OutOfMemoryError(
+                    f"oom: out of memory at per_device_train_batch_size={train_cfg.per_device_train_batch_size} "
+                    f"after {len(attempts) - 1} retries with half the micro-batch ({oom}); lower "
+                    "per_device_train_batch_size or data.max_length, or raise search.oom_retries")
+            train_cfg = halve_micro_batch(train_cfg)
+            ctx.set("curve", [])  # the retry trains from scratch; its curve replaces the failed attempt's
+        result = trainer.result
         ctx.set("cost", cost_of(result))
         if result.stop_reason:
             ctx.set("stop_reason", result.stop_reason)
@@ -79,6 +99,44 @@ class FineTuneObjective:
                 if _beats_study_best(study, value, cfg.objective.metric):
                     keep_best_model(study, trainer, result, ctx.number, run_dir(cfg) / "best-model")
         return {k: v for k, v in result.metrics.items() if k != "step"}
+
+
+def _train_or_oom(trainer: Trainer, ctx: TrialContext) -> str | None:
+    """Set up and train; None when done, the error's first line when it ran out of memory. A diverged run
+    keeps the cost of the steps it trained before it re-raises."""
+    try:
+        trainer.setup().train()
+    except DivergedError:
+        ctx.set("cost", cost_of(trainer.result))
+        raise
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, the "out of memory" RuntimeErrors of other backends, and CPU allocator
+    failures ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(e, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def halve_micro_batch(cfg: TrainConfig) -> TrainConfig:
+    """Half the micro-batch, twice the accumulation: the same effective batch (exactly so for an even
+    micro-batch), so the retry tunes the same hyperparameters in less memory."""
+    return cfg.model_copy(update={"per_device_train_batch_size": cfg.per_device_train_batch_size // 2,
+                                  "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2})
+
+
+def free_memory() -> None:
+    """Return the failed attempt's tensors before the retry allocates its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _beats_study_best(study: optuna.Study, value: float, metric: str) -> bool:
@@ -123,7 +181,13 @@ def run_segment(cfg: ExperimentConfig, job: SegmentJob, tokenizer: Any, prepared
         trainer.set_hparams({k: v for k, v in job.params.items()
                              if k in MUTABLE_HPARAMS and v != getattr(start_cfg, k)})
     first_step = trainer.step
-    result = trainer.train(until_step=job.until_step)
+    try:
+        result = trainer.train(until_step=job.until_step)
+    except DivergedError as e:
+        r = trainer.result
+        return SegmentResult(metrics={}, steps=trainer.step - first_step, planned_steps=trainer.total_steps,
+                             tokens=r.tokens, train_seconds=r.train_seconds, wall_seconds=r.wall_seconds,
+                             diverged=str(e))
     trainer.save_state(job.checkpoint_out)
     return SegmentResult(metrics={k: v for k, v in result.metrics.items() if k != "step"},
                          steps=trainer.step - first_step, planned_steps=trainer.total_steps, tokens=result.tokens,
@@ -176,13 +240,15 @@ def _run_segment_in_worker(job: SegmentJob) -> SegmentResult:
     return run_segment(objective.cfg, job, tokenizer, prepared)
 
 
-def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective) -> list[Member]:
-    """Population-based training on the study: the baseline runs first as an ordinary trial, then the
-    population; the best member's model is saved with save_pretrained and every checkpoint is removed."""
+def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective,
+            callbacks: Iterable[Callback] = ()) -> list[Member]:
+    """Population-based training on the study: the baseline runs first as an ordinary trial (seen by
+    `callbacks`), then the population; the best member's model is saved with save_pretrained and every
+    checkpoint is removed."""
     if any("pbt_member" in t.user_attrs for t in study.trials):
         return []  # this study's population has run; a half-run population is not resumed
     if study.baseline is not None:
-        study.optimize(objective, n_trials=1)
+        study.optimize(objective, n_trials=1, callbacks=callbacks)
     p = cfg.search.pbt
     workdir = Path(p.checkpoint_dir) if p.checkpoint_dir else run_dir(cfg) / "pbt"
     pbt = PopulationBasedTraining(study.space, MUTABLE_HPARAMS, p.population_size, p.segment_steps, p.quantile,

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 
 from lmtune.config import ExperimentConfig
-from lmtune.storage import open_storage
+from lmtune.storage import mask_url, open_storage
 from lmtune.study import Objective, TrialContext, evaluate
 
 Outcome = tuple[str, Any]  # ("value", float) | ("pruned", None) | ("error", reason)
@@ -48,7 +48,8 @@ def run_attached(objective: Objective, cfg: ExperimentConfig, spec: TrialSpec,
     The study handle uses a RandomSampler: parameters are already sampled, and a model-based sampler would
     refit its model here for nothing.
     """
-    storage = open_storage(cfg.storage, cfg.executor.heartbeat_interval, cfg.executor.grace_period)
+    storage = open_storage(cfg.storage, heartbeat_interval=cfg.executor.heartbeat_interval,
+                           grace_period=cfg.executor.grace_period)
     study = optuna.Study(cfg.study_name, storage, sampler=optuna.samplers.RandomSampler(), pruner=pruner)
     ctx = TrialContext(optuna.Trial(study, spec.trial_id), spec.params, cfg.objective.metric, spec.is_baseline)
     try:
@@ -56,7 +57,7 @@ def run_attached(objective: Objective, cfg: ExperimentConfig, spec: TrialSpec,
     except optuna.TrialPruned:
         return "pruned", None
     except Exception as e:
-        return "error", f"{type(e).__name__}: {e}"
+        return "error", mask_url(f"{type(e).__name__}: {e}")
 
 
 def settle(outcome: Outcome) -> float:

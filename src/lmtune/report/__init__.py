@@ -23,7 +23,7 @@ from lmtune import __version__
 from lmtune.errors import LmtuneError
 from lmtune.report import _figures as F
 from lmtune.report._html import Section, esc, fmt, page, table
-from lmtune.results import BASELINE_ATTR, best_trial, compare, cost_of, metric_of, study_cost
+from lmtune.results import BASELINE_ATTR, best_trial, compare, cost_of, metric_of, study_cost, trial_status
 
 __all__ = ["ReportError", "build_report"]
 
@@ -157,7 +157,7 @@ def _summary(st: optuna.Study, trials: list[FrozenTrial]) -> Section:
     search = cfg.get("search") or {}
     metric = metric_of(st)
     best = best_trial(st)
-    states = Counter(F.trial_status(t) for t in trials)
+    states = Counter(trial_status(t) for t in trials)
     cost = study_cost(trials)
     budget = search.get("budget") or {}
     limits = [f"{k} = {v}" for k, v in (("n_trials", search.get("n_trials")), ("fte", budget.get("fte")),
@@ -200,7 +200,7 @@ def _trials_table(st: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial
         c = cost_of(t)
         note = t.user_attrs.get("fail_reason") or t.user_attrs.get("stop_reason") or ""
         value = t.value if t.value is not None else (t.user_attrs.get("metrics") or {}).get(metric)
-        rows.append((t.number, F.trial_status(t) + (" (baseline)" if t.user_attrs.get(BASELINE_ATTR) else ""),
+        rows.append((t.number, trial_status(t) + (" (baseline)" if t.user_attrs.get(BASELINE_ATTR) else ""),
                      value, c.get("fte"), c.get("wall_seconds"), *(t.params.get(p) for p in params), note[:300]))
         classes.append("best" if best is not None and t.number == best.number else
                        "baseline" if t.user_attrs.get(BASELINE_ATTR) else "")

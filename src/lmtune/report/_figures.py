@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
-from lmtune.results import BASELINE_ATTR, best_trial, cost_of, metric_of
+from lmtune.results import BASELINE_ATTR, best_trial, cost_of, metric_of, trial_curve, trial_status
 
 # Curve keys that are bookkeeping, not quality.
 _NOT_METRICS = {"step", "train_seconds", "elapsed_seconds", "tokens_per_second"}
@@ -46,16 +46,6 @@ def _quiet(fn: Callable[..., go.Figure], *args: Any, **kwargs: Any) -> go.Figure
     with warnings.catch_warnings():  # Optuna warns about experimental APIs and skipped trials
         warnings.simplefilter("ignore")
         return fn(*args, **kwargs)
-
-
-def trial_status(t: FrozenTrial) -> str:
-    if t.state == TrialState.PRUNED:
-        return "pruned"
-    if t.state == TrialState.FAIL:
-        return "failed"
-    if t.state == TrialState.COMPLETE:
-        return "early stopped" if t.user_attrs.get("stop_reason") == "early_stopping" else "complete"
-    return "running"
 
 
 def _label(t: FrozenTrial) -> str:
@@ -133,13 +123,9 @@ def slices(study: optuna.Study, params: list[str]) -> Plot:
 
 # ------------------------------------------------------------------------------------------------ lmtune's plots
 def _curve_points(t: FrozenTrial, metric: str) -> tuple[list[float], dict[str, list[float | None]]]:
-    curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
-    if curve:
-        steps = [float(c["step"]) for c in curve]
-        keys = [k for k in dict.fromkeys(k for c in curve for k in c) if k not in _NOT_METRICS]
-        return steps, {k: [c.get(k) for c in curve] for k in keys}
-    iv = sorted(t.intermediate_values.items())  # a user objective that reported bare numbers
-    return [float(s) for s, _ in iv], {metric: [v for _, v in iv]}
+    curve = trial_curve(t, metric)
+    keys = [k for k in dict.fromkeys(k for _, c in curve for k in c) if k not in _NOT_METRICS]
+    return [float(s) for s, _ in curve], {k: [c.get(k) for _, c in curve] for k in keys}
 
 
 def learning_curves(study: optuna.Study) -> Plot:

@@ -7,6 +7,7 @@ The storage holds the full training arguments and config of every trial, so the 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -52,9 +53,16 @@ def serve(storage: str, study_name: str | None = None, host: str = "127.0.0.1", 
     """Serve optuna-dashboard until Ctrl-C; `announce` gets the URL once the port is bound."""
     server, url = create_server(storage, study_name, host, port)
     (announce or (lambda u: print(u, flush=True)))(url)
+    # Requests are served on another thread: wsgiref catches any exception raised while it handles a request,
+    # KeyboardInterrupt included, so a Ctrl-C landing mid-request would be printed and ignored.
+    worker = threading.Thread(target=server.serve_forever, daemon=True)
+    worker.start()
     try:
-        server.serve_forever()
+        while worker.is_alive():
+            worker.join(0.5)
     except KeyboardInterrupt:
-        pass
+        stopper = threading.Thread(target=server.shutdown, daemon=True)  # waits for the request in progress
+        stopper.start()
+        stopper.join(5)
     finally:
         server.server_close()

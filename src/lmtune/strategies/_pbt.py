@@ -41,6 +41,7 @@ class SegmentResult:
     train_seconds: float
     wall_seconds: float
     metrics_before: dict[str, float] | None = None
+    diverged: str | None = None  # why the loss became NaN/inf: the member stops there, no checkpoint written
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Member:
     cost: dict[str, float] = field(default_factory=lambda: {"steps": 0, "tokens": 0, "train_seconds": 0.0,
                                                             "wall_seconds": 0.0, "fte": 0.0})
     copied_now: bool = False
+    diverged: str | None = None
 
 
 RunSegments = Callable[[list[SegmentJob]], Iterable[SegmentResult]]
@@ -106,19 +108,24 @@ class PopulationBasedTraining:
             params = self.space.suggest(trial)
             members.append(Member(i, trial, params, schedule=[{"step": 0, **params}]))
         total: int | None = None
-        while total is None or members[0].step < total:
-            until = members[0].step + self.segment_steps if total is None else min(
-                members[0].step + self.segment_steps, total)
+        active = list(members)  # a member whose loss diverges stops; the others go on without it
+        while active and (total is None or active[0].step < total):
+            until = active[0].step + self.segment_steps if total is None else min(
+                active[0].step + self.segment_steps, total)
             jobs = [SegmentJob(m.id, m.params, m.checkpoint_params, m.checkpoint,
-                               workdir / f"member-{m.id}" / f"step-{until}", until, m.copied_now) for m in members]
-            for m, job, res in zip(members, jobs, run_segments(jobs), strict=True):
+                               workdir / f"member-{m.id}" / f"step-{until}", until, m.copied_now) for m in active]
+            for m, job, res in zip(active, jobs, run_segments(jobs), strict=True):
                 total = res.planned_steps
-                self._record_segment(m, job, res, metric, total)
+                if res.diverged:
+                    self._stop_diverged(study, m, res)
+                else:
+                    self._record_segment(m, job, res, metric, total)
+            active = [m for m in active if not m.diverged]
             self._delete_unused(members, workdir)
-            if members[0].step >= total:
+            if not active or active[0].step >= total:
                 break
-            self._exploit_and_explore(members, maximize)
-        for m in members:
+            self._exploit_and_explore(active, maximize)
+        for m in active:
             self._finish(study, m)
         self._delete_unused(members, workdir)
         return members
@@ -137,6 +144,18 @@ class PopulationBasedTraining:
             m.trial.report(m.score, m.step)
         m.trial.set_user_attr("curve", m.curve)
         m.trial.set_user_attr("cost", m.cost)
+
+    @staticmethod
+    def _stop_diverged(study: optuna.Study, m: Member, res: SegmentResult) -> None:
+        """Pruned with stop_reason "diverged", as an ordinary trial whose loss diverges; it leaves no score."""
+        m.diverged, m.score = res.diverged, None
+        for key in ("steps", "tokens", "train_seconds", "wall_seconds"):
+            m.cost[key] += getattr(res, key)
+        m.cost["fte"] = m.cost["steps"] / max(res.planned_steps, 1)
+        for key, value in (("cost", m.cost), ("schedule", m.schedule), ("lineage", m.lineage),
+                           ("stop_reason", "diverged"), ("prune_reason", res.diverged)):
+            m.trial.set_user_attr(key, value)
+        study.tell(m.trial, state=optuna.trial.TrialState.PRUNED)
 
     def _exploit_and_explore(self, members: list[Member], maximize: bool) -> None:
         def rank_key(m: Member) -> float:

@@ -208,6 +208,8 @@ class Trainer:
             if step % self.eval_steps and step != end:
                 continue
             metrics = self.evaluate()
+            if not math.isfinite(metrics["eval_loss"]):
+                raise DivergedError(f"diverged: validation loss is {metrics['eval_loss']} at step {step}")
             metrics.update(step=step, train_loss=self._loss_sum_since_eval / self._steps_since_eval,
                            train_seconds=result.train_seconds,
                            tokens_per_second=result.tokens / max(result.train_seconds, 1e-9),

@@ -1,0 +1,245 @@
+"""What the terminal shows of a study: trial tables, the live display of `lmtune run`, and plain log lines.
+
+On a terminal `lmtune run` shows a bar per budget that can end the study (trials, FTE, device-hours, timeout),
+a bar for the trial that is training, and the best trials so far, refreshed in place. Piped into a file or a
+CI log it prints one plain line per finished trial instead; `--quiet` prints neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from lmtune.config import ExperimentConfig
+from lmtune.errors import LmtuneError
+from lmtune.results import (
+    BASELINE_ATTR,
+    SHOWN_METRICS,
+    best_trial,
+    cost_of,
+    load_study,
+    metric_of,
+    study_cost,
+    trial_status,
+)
+
+BEST_ROWS = 10
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials with a finite value, best first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(done, key=lambda t: (sign * t.value, t.number))  # type: ignore[operator]
+
+
+def trials_table(study: optuna.Study, limit: int | None = None, title: str | None = None,
+                 best_first: bool = False) -> Table:
+    """Finished trials with their metrics, cost and parameters: all (or the last `limit`) in order, or with
+    `best_first` the `limit` best completed ones."""
+    metric = metric_of(study)
+    if best_first:
+        trials = ranked_trials(study)[:limit]
+    else:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        trials = trials[-limit:] if limit is not None else trials
+    best = best_trial(study)
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    table = Table(title=title, show_lines=False)
+    metric_cols = list(dict.fromkeys((metric, "eval_loss")))
+    for col in ("#", "state", *metric_cols, "FTE", "s", *params):
+        table.add_column(col, overflow="fold")
+    for t in trials:
+        m = t.user_attrs.get("metrics", {})
+        state = t.state.name.lower() + (" (baseline)" if t.user_attrs.get("baseline") else "")
+        reason = trial_reason(t)
+        if reason:
+            state += f": {reason[:80]}"
+        style = "bold green" if best is not None and t.number == best.number else None
+        c = cost_of(t)
+        values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in params}}
+        table.add_row(str(t.number), state, *(fmt(m.get(k)) for k in metric_cols), fmt(c.get("fte")),
+                      fmt(c.get("wall_seconds"), 3), *(fmt(values.get(p), 3) for p in params), style=style)
+    return table
+
+
+def trial_reason(t: FrozenTrial) -> str:
+    """Why a trial failed, or why a pruned one diverged; empty for the rest."""
+    if t.state == TrialState.FAIL:
+        return str(t.user_attrs.get("fail_reason", ""))
+    return str(t.user_attrs.get("prune_reason", "")) if t.state == TrialState.PRUNED else ""
+
+
+def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback printing one plain line per finished trial, for logs and pipes."""
+
+    def log(study: optuna.Study, trial: FrozenTrial) -> None:
+        m = trial.user_attrs.get("metrics", {})
+        extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
+        params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+        console.print(f"trial {trial.number} {trial_status(trial)}: {metric_of(study)}={fmt(trial.value)} "
+                      f"{params} {extra}", highlight=False, soft_wrap=True)
+
+    return log
+
+
+@dataclass
+class Budget:
+    """One limit that can end the study, and how much of it is used."""
+
+    name: str
+    total: float
+    unit: str = ""
+
+    def amount(self, used: float) -> str:
+        if self.name == "trials":
+            return f"{int(used)}/{int(self.total)}"
+        return f"{used:.3g}/{self.total:.3g}{self.unit}"
+
+
+def budgets(cfg: ExperimentConfig) -> list[Budget]:
+    """The budgets this run stops at, in the order they are shown."""
+    search = cfg.search
+    out = []
+    if search.strategy == "pbt":  # a PBT study is its population (and the baseline trial before it)
+        out.append(Budget("trials", search.pbt.population_size + int(search.baseline)))
+    elif search.n_trials is not None:
+        out.append(Budget("trials", search.n_trials))
+    if search.budget.fte is not None:
+        out.append(Budget("FTE", search.budget.fte))
+    if search.budget.device_hours is not None:
+        out.append(Budget("device-hours", search.budget.device_hours, " h"))
+    if search.timeout is not None:
+        out.append(Budget("time", search.timeout, " s"))
+    return out
+
+
+class LiveDisplay:
+    """Budget bars, the current trial's bar and the best trials so far, refreshed in place.
+
+    Driven by the trial runner's progress hook (`on_step`) and the study's trial callback (`on_trial_end`);
+    `renderable()` is what is on screen, so a test can print it to a recording console.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, console: Console, clock: Callable[[], float] = time.monotonic):
+        self.cfg, self.clock = cfg, clock
+        self.start = clock()
+        self.study: optuna.Study | None = None
+        self.spent = study_cost([])  # by the study's finished trials, resumed runs included
+        self.budgets = budgets(cfg)
+        self.progress = Progress(TextColumn("{task.description:>18}"), BarColumn(),
+                                 TextColumn("{task.fields[amount]:>14}"), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=console)
+        self.budget_tasks: list[TaskID] = [self.progress.add_task(b.name, total=b.total, amount=b.amount(0),
+                                                                  info="")
+                                           for b in self.budgets]
+        self.trial_task = self.progress.add_task("waiting", total=None, amount="", info="")
+        self.trial_started = self.clock()
+        self.last_step = 0
+        self.segments = 0
+        self.table: RenderableType = Text("no finished trial yet", style="dim")
+        self.live = Live(self.renderable(), console=console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> LiveDisplay:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)  # type: ignore[arg-type]
+
+    def renderable(self) -> Group:
+        return Group(self.progress, self.table)
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        """Every optimizer step of the training run in progress."""
+        if self._new_run(step):
+            self.trial_started = self.clock()
+            self.progress.reset(self.trial_task, total=total, description=self._running_label())
+        self.last_step = step
+        self.progress.update(self.trial_task, completed=step, total=total, amount=f"{step}/{total} steps",
+                             info=f"loss {loss:.3f}")
+        self._update_budgets(current=(step / max(total, 1), self.clock() - self.trial_started))
+
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._set_study(study)
+        self.last_step = 0
+        self._update_budgets()
+        counts = Counter(trial_status(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        ranked = ranked_trials(study)
+        title = (f"best {min(len(ranked), BEST_ROWS)} of {sum(counts.values())} finished trials "
+                 f"({', '.join(f'{n} {s}' for s, n in counts.most_common())}); "
+                 f"last: trial {trial.number} {trial_status(trial)}")
+        self.table = trials_table(study, limit=BEST_ROWS, title=title, best_first=True)
+        self.live.update(self.renderable())
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _update_budgets(self, current: tuple[float, float] = (0.0, 0.0)) -> None:
+        """Spent budget: the finished trials' plus the running trial's share so far."""
+        fte_now, seconds_now = current
+        cost = self.spent
+        used = {"trials": cost["trials"], "FTE": cost["fte"] + fte_now,
+                "device-hours": (cost["wall_seconds"] + seconds_now) / 3600, "time": self.clock() - self.start}
+        for b, task in zip(self.budgets, self.budget_tasks, strict=True):
+            self.progress.update(task, completed=min(used[b.name], b.total), amount=b.amount(used[b.name]))
+
+    def _new_run(self, step: int) -> bool:
+        """A new trial starts at step 1; a PBT member's next segment right after a multiple of segment_steps."""
+        if step == 1 or step <= self.last_step:
+            return True
+        seg = self.cfg.search.pbt.segment_steps
+        return self.cfg.search.strategy == "pbt" and (step - 1) % seg == 0 and bool(self._members())
+
+    def _running_label(self) -> str:
+        """`trial N` for the trial now training, read from storage. PBT trains its members' segments in member
+        order, so the n-th segment started is member n modulo the population."""
+        members = self._members()
+        if members:
+            m = members[self.segments % len(members)]
+            self.segments += 1
+            return f"trial {m.number} (member {m.user_attrs['pbt_member']})"
+        study = self._study()
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []
+        if not running:
+            return "trial"
+        return f"trial {running[-1].number}" + (" (baseline)" if running[-1].user_attrs.get(BASELINE_ATTR) else "")
+
+    def _members(self) -> list[FrozenTrial]:
+        study = self._study()
+        trials = study.get_trials(deepcopy=False) if study else []
+        return sorted((t for t in trials if "pbt_member" in t.user_attrs), key=lambda t: t.user_attrs["pbt_member"])
+
+    def _study(self) -> optuna.Study | None:
+        """The study being run: known from the first finished trial, read from storage before that."""
+        if self.study is None:
+            try:
+                self._set_study(load_study(self.cfg.storage, self.cfg.study_name))
+            except LmtuneError:  # not created yet, or an in-memory storage this process cannot reopen
+                return None
+        return self.study
+
+    def _set_study(self, study: optuna.Study) -> None:
+        self.study = study
+        self.spent = study_cost(study.get_trials(deepcopy=False))

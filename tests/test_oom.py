@@ -1,0 +1,93 @@
+"""Out-of-memory trials: retried with half the micro-batch and twice the accumulation, then failed as `oom`.
+
+There is no GPU here, so memory runs out on purpose: the model's forward, in training and above a micro-batch
+of MAX_FIT rows, asks the CPU allocator for 4 EiB. That allocation really fails (torch's
+"DefaultCPUAllocator: can't allocate memory"), the path a CPU trial too big for RAM takes; a second variant
+raises torch.OutOfMemoryError, the exception CUDA raises, which cannot be provoked without a GPU.
+"""
+
+import pytest
+import torch
+from conftest import small_config
+from optuna.trial import TrialState
+from transformers import LlamaForCausalLM
+
+from lmtune import tune
+from lmtune.trial import is_out_of_memory
+
+MAX_FIT = 4
+
+
+def _cpu_allocator_failure() -> None:
+    torch.empty(1 << 62, dtype=torch.uint8)
+
+
+def _cuda_oom() -> None:
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.fixture
+def small_memory(request, monkeypatch):
+    fail = getattr(request, "param", _cpu_allocator_failure)
+    forward = LlamaForCausalLM.forward
+
+    def forward_in_small_memory(self, input_ids=None, **kwargs):
+        if torch.is_grad_enabled() and input_ids.shape[0] > MAX_FIT:
+            fail()
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forward_in_small_memory)
+
+
+@pytest.mark.parametrize("small_memory", [_cpu_allocator_failure, _cuda_oom], ids=["cpu-allocator", "cuda-oom"],
+                         indirect=True)
+def test_oom_is_retried_with_half_the_micro_batch_then_failed(tmp_path, small_memory):
+    cfg = small_config(tmp_path, search={"strategy": "grid", "n_trials": 5,
+                                         "space": {"per_device_train_batch_size": [8, 32]}})
+    study = tune(cfg)
+    assert len(study.trials) == 3  # baseline (16), 8, 32: the study went on past the failed trial
+    baseline = study.trials[0]
+    trials = {t.params["per_device_train_batch_size"]: t for t in study.trials[1:]}
+    assert baseline.state == TrialState.COMPLETE
+    assert [(a["per_device_train_batch_size"], a["gradient_accumulation_steps"])
+            for a in baseline.user_attrs["oom_attempts"]] == [(16, 1), (8, 2)]
+    h = baseline.user_attrs["hparams"]
+    assert (h["per_device_train_batch_size"], h["gradient_accumulation_steps"]) == (4, 4)
+    assert baseline.user_attrs["cost"]["steps"] == 12  # the full run, at the same effective batch of 16
+    assert len(baseline.user_attrs["curve"]) == 2  # the curve of the successful attempt only
+
+    assert trials[8].state == TrialState.COMPLETE and len(trials[8].user_attrs["oom_attempts"]) == 1
+
+    failed = trials[32]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].startswith("oom: out of memory at per_device_train_batch_size=8")
+    assert [a["per_device_train_batch_size"] for a in failed.user_attrs["oom_attempts"]] == [32, 16, 8]
+
+
+def test_retry_trains_like_the_unsplit_batch(tmp_path, small_memory, monkeypatch):
+    """Half the micro-batch with twice the accumulation averages the loss over the same rows per step."""
+    cfg = small_config(tmp_path / "a", search={"n_trials": 1}, train={"per_device_train_batch_size": 8})
+    (retried,) = tune(cfg).trials
+    assert retried.user_attrs["hparams"]["gradient_accumulation_steps"] == 2
+    monkeypatch.undo()  # memory enough for the whole micro-batch of 8
+    (unsplit,) = tune(small_config(tmp_path / "b", search={"n_trials": 1},
+                                   train={"per_device_train_batch_size": 8})).trials
+    assert "oom_attempts" not in unsplit.user_attrs
+    assert retried.value == pytest.approx(unsplit.value, rel=1e-4)
+
+
+def test_oom_retries_zero_fails_at_once(tmp_path, small_memory):
+    cfg = small_config(tmp_path, search={"n_trials": 1, "oom_retries": 0})
+    (t,) = tune(cfg).trials
+    assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"].startswith("oom")
+    assert len(t.user_attrs["oom_attempts"]) == 1
+
+
+def test_only_memory_errors_count_as_oom():
+    with pytest.raises(RuntimeError) as real:
+        _cpu_allocator_failure()
+    assert is_out_of_memory(real.value)
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))

@@ -86,9 +86,10 @@ def test_bad_postgres_password_is_one_masked_paragraph(tmp_path: Path, postgres:
     assert len(optuna.get_all_study_summaries(open_storage(postgres))) == before
 
 
-def _children(pid: int) -> list[int]:
+def _descendants(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
+    children = [int(c) for c in path.read_text().split()] if path.exists() else []
+    return children + [d for c in children for d in _descendants(c)]
 
 
 def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
@@ -113,13 +114,13 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
             except KeyError:  # the worker has not created the study yet
                 continue
             running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
-            children = _children(worker.pid)
-            if running and children and running[0].intermediate_values:  # mid-training, in its child
+            children = _descendants(worker.pid)  # its trial server and the trial's process
+            if running and len(children) >= 2 and running[0].intermediate_values:  # mid-training, in its child
                 victim = running[0]
         assert victim is not None, "the worker never reached the middle of a trial"
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        for _ in range(100):  # the trial's child dies with its worker (PR_SET_PDEATHSIG)
+        for _ in range(100):  # the server and the trial's child die with their worker (PR_SET_PDEATHSIG)
             if not any(Path(f"/proc/{c}").exists() for c in children):
                 break
             time.sleep(0.1)

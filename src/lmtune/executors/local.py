@@ -1,9 +1,10 @@
 """Local workers: long-lived processes that each run one trial at a time in a child forked for that trial.
 
 A fresh Python process pays ~10 s importing torch and transformers before it trains. A worker pays that once,
-encodes the data once, and forks a child per trial: the child starts with everything loaded, and when it exits
-the trial's memory, host and GPU, goes with it. The worker itself never computes with torch nor touches CUDA,
-because neither GNU OpenMP's thread pool nor a CUDA context survives a fork once used.
+encodes the data once, and has a child forked per trial (by its trial server, below): the child starts with
+everything loaded, and when it exits the trial's memory, host and GPU, goes with it. The worker itself never
+computes with torch nor touches CUDA, because neither GNU OpenMP's thread pool nor a CUDA context survives a
+fork once used.
 """
 
 from __future__ import annotations
@@ -48,42 +49,77 @@ def gpus_for(worker: int, gpus_per_trial: float, gpus: list[str]) -> list[str]:
     return [gpus[(first + k) % len(gpus)] for k in range(max(1, math.ceil(gpus_per_trial)))]
 
 
-class ForkedTrials:
-    """`Study.optimize(execute=...)` that runs each trial in a child forked from this worker."""
+class TrialServer:
+    """`Study.optimize(execute=...)` that runs each trial in a child forked for it, by a server process.
 
-    def __init__(self, cfg: ExperimentConfig, pruner: optuna.pruners.BasePruner, gpus: list[str], threads: int):
-        self.cfg, self.pruner, self.gpus, self.threads = cfg, pruner, gpus, threads
+    The worker itself must not fork once a trial has started: Optuna's heartbeat thread runs then, and a child
+    forked while that thread holds a lock (SQLAlchemy's, logging's) hangs on it forever. So the worker forks this
+    server once, with everything loaded and before any thread runs; the server stays single-threaded and forks
+    one child per trial on request. A killed worker takes the server, and the server its trial child, with it.
+    """
 
-    def __call__(self, objective: Objective, ctx: TrialContext) -> float:
+    def __init__(self, cfg: ExperimentConfig, objective: Objective, gpus: list[str], threads: int):
+        self.gpus = gpus
+        fork = multiprocessing.get_context("fork")
+        self._conn, theirs = fork.Pipe()
+        self._server = fork.Process(target=_serve, args=(theirs, cfg, objective, gpus, threads, os.getpid()),
+                                    name="lmtune-trial-server")
+        self._server.start()
+        theirs.close()
+
+    def __call__(self, _objective: Objective, ctx: TrialContext) -> float:
         ctx.set("worker", worker_name())
         if self.gpus:
             ctx.set("cuda_visible_devices", ",".join(self.gpus))
-        fork = multiprocessing.get_context("fork")
+        try:
+            self._conn.send((TrialSpec.of(ctx), ctx.trial.study.pruner))
+            outcome, exitcode = self._conn.recv()
+        except (EOFError, OSError):
+            raise LmtuneError(f"the trial server of worker {worker_name()} died (exit code "
+                              f"{self._server.exitcode}); this worker can run no more trials") from None
+        if outcome is None:
+            reason = (f"the trial's process died with exit code {exitcode} (-9 is SIGKILL, often the "
+                      "out-of-memory killer)")
+            ctx.set("fail_reason", reason)
+            raise TrialError(reason)
+        return settle(outcome)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._server.join()
+
+
+def _serve(conn: Any, cfg: ExperimentConfig, objective: Objective, gpus: list[str], threads: int,
+           worker: int) -> None:
+    """The trial server's loop: fork a child per (trial, pruner) received, answer (outcome, exit code)."""
+    _die_with_parent(worker)
+    fork = multiprocessing.get_context("fork")
+    while (request := conn.recv()) is not None:
+        spec, pruner = request
         reader, writer = fork.Pipe(duplex=False)
-        child = fork.Process(target=self._child, args=(objective, TrialSpec.of(ctx), writer, os.getpid()),
-                             daemon=True)
+        child = fork.Process(target=_run_trial, args=(objective, cfg, spec, pruner, gpus, threads, writer,
+                                                      os.getpid()), daemon=True)
         child.start()
         writer.close()
         try:
             outcome = reader.recv()
         except EOFError:  # the child died without answering
             outcome = None
+        reader.close()
         child.join()
-        if outcome is None:
-            reason = (f"the trial's process died with exit code {child.exitcode} (-9 is SIGKILL, often the "
-                      "out-of-memory killer)")
-            ctx.set("fail_reason", reason)
-            raise TrialError(reason)
-        return settle(outcome)
+        conn.send((outcome, child.exitcode))
 
-    def _child(self, objective: Objective, spec: TrialSpec, conn: Any, parent: int) -> None:
-        _die_with_parent(parent)
-        if self.gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
-        import torch
 
-        torch.set_num_threads(self.threads)
-        conn.send(run_attached(objective, self.cfg, spec, self.pruner))
+def _run_trial(objective: Objective, cfg: ExperimentConfig, spec: TrialSpec, pruner: optuna.pruners.BasePruner,
+               gpus: list[str], threads: int, conn: Any, server: int) -> None:
+    _die_with_parent(server)
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    import torch
+
+    torch.set_num_threads(threads)
+    conn.send(run_attached(objective, cfg, spec, pruner))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -124,14 +160,17 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
     objective = FineTuneObjective(cfg)
     objective.prepare()
     warm_up(cfg)
-    study = open_tuning_study(cfg, worker)
     ex = cfg.executor
     threads = ex.threads_per_trial or max(1, (os.cpu_count() or 1) // workers)
-    execute = ForkedTrials(cfg, study.optuna.pruner, gpus_for(worker, ex.gpus_per_trial, visible_gpus()), threads)
-    if ready is not None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            ready.wait()
-    optimize_config(cfg, study, objective, callbacks, execute)
+    server = TrialServer(cfg, objective, gpus_for(worker, ex.gpus_per_trial, visible_gpus()), threads)
+    try:
+        study = open_tuning_study(cfg, worker)
+        if ready is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                ready.wait()
+        optimize_config(cfg, study, objective, callbacks, server)
+    finally:
+        server.close()
     return study
 
 

@@ -5,7 +5,7 @@ seconds from "start this trial" to its result:
 
 - in-process: the trial runs in the worker itself (no isolation; the baseline);
 - forked: lmtune's local executor, a child forked per trial from a worker that has imported torch and
-  transformers and encoded the data (`ForkedTrials`);
+  transformers and encoded the data (through its `TrialServer`);
 - fresh process: `python -m lmtune run` per trial, i.e. a new interpreter that imports everything again.
 
     .venv/bin/python bench/trial_process.py --repeats 3
@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from lmtune.config import validate_config
-from lmtune.executors.local import ForkedTrials, warm_up
+from lmtune.executors.local import TrialServer, warm_up
 from lmtune.study import open_study, quiet_libraries
 from lmtune.trial import FineTuneObjective
 
@@ -56,8 +56,10 @@ def main() -> None:
             run_cfg = validate_config(config(root, f"{mode}-{i}"))
             start = time.perf_counter()
             if mode == "forked":
+                server = TrialServer(run_cfg, objective, [], 1)  # forked at once, before a thread runs
                 study = open_study(run_cfg)
-                study.optimize(objective, n_trials=1, execute=ForkedTrials(run_cfg, study.optuna.pruner, [], 1))
+                study.optimize(objective, n_trials=1, execute=server)
+                server.close()
             else:
                 path = root / f"{mode}-{i}.yaml"
                 path.write_text(yaml.safe_dump(config(root, f"fresh-{i}")))

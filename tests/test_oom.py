@@ -76,6 +76,14 @@ def test_retry_trains_like_the_unsplit_batch(tmp_path, small_memory, monkeypatch
     assert retried.value == pytest.approx(unsplit.value, rel=1e-4)
 
 
+def test_selection_retrains_are_retried_on_oom_too(tmp_path, small_memory):
+    """The selection phase's re-training runs through the same retry: its seeds train at micro-batch 4."""
+    cfg = small_config(tmp_path, select={"top_k": 1, "seeds": [0, 1]}, search={"n_trials": 2})
+    sel = tune(cfg).optuna.user_attrs["selection"]
+    assert sel["failed"] == [] and len(sel["candidates"]) == 2
+    assert all(s["cost"]["steps"] == 12 for r in sel["candidates"] for s in r["per_seed"].values())
+
+
 def test_oom_retries_zero_fails_at_once(tmp_path, small_memory):
     cfg = small_config(tmp_path, search={"n_trials": 1, "oom_retries": 0})
     (t,) = tune(cfg).trials

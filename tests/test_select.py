@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 from lmtune import tune
 from lmtune.cli import app
 from lmtune.config import load_config, validate_config
+from lmtune.errors import LmtuneError
 from lmtune.results import compare, load_study, write_comparison
+from lmtune.select import run_selection
 from lmtune.train.trainer import Trainer
 
 
@@ -46,6 +48,36 @@ def test_selection_retrains_top_configs_with_seeds_on_test(tmp_path):
     # A resumed run with nothing new does not retrain.
     before = study.optuna.user_attrs["selection"]
     assert tune(cfg).optuna.user_attrs["selection"] == before
+
+
+def test_a_candidate_that_diverges_on_one_seed_is_left_out_not_fatal(tmp_path, monkeypatch):
+    """Seed 1 of the lr 1e-2 config blows up (NaN loss): the selection goes on, records why, picks among the
+    configs that trained on every seed, and a resumed run does not retrain."""
+    step = Trainer._optimizer_step
+
+    def nan_for_seed_1(self, micro_batches):
+        loss, tokens = step(self, micro_batches)
+        return (float("nan") if self.cfg.seed == 1 and self.cfg.learning_rate == 1e-2 else loss), tokens
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", nan_for_seed_1)
+    cfg = small_config(tmp_path, select={"top_k": 1, "seeds": [0, 1]}, train={"learning_rate": 1e-3},
+                       search={"strategy": "grid", "n_trials": 2,
+                               "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "values": [1e-2]}}})
+    study = tune(cfg)
+    sel = study.optuna.user_attrs["selection"]
+    tuned = next(t for t in study.trials if not t.user_attrs.get("baseline"))
+    assert [f["trial"] for f in sel["failed"]] == [tuned.number]
+    failed = sel["failed"][0]
+    assert list(failed["errors"]) == ["1"] and failed["errors"]["1"].startswith("diverged: training loss is nan")
+    assert list(failed["per_seed"]) == ["0"]  # the seed that trained is kept
+    assert [r["trial"] for r in sel["candidates"]] == [study.trials[0].number] == [sel["winner"]]
+    assert any(f"trial {tuned.number} left out" in f for f in sel["flags"])
+    assert tune(cfg).optuna.user_attrs["selection"] == sel
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, mb: (float("nan"), 0))
+    with pytest.raises(LmtuneError, match="every candidate of the selection phase failed"):
+        run_selection(validate_config({**cfg, "select": {"top_k": 1, "seeds": [2]}}), study.optuna)
+    assert study.optuna.user_attrs["selection"] == sel  # the stored selection is not touched
 
 
 def test_baseline_vs_tuned_table_files(tmp_path):

@@ -18,10 +18,10 @@ import optuna
 from optuna.trial import TrialState
 
 from lmtune.config import ExperimentConfig, run_dir
-from lmtune.errors import LmtuneError
+from lmtune.errors import DivergedError, LmtuneError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR
 from lmtune.train.trainer import Trainer
-from lmtune.trial import FineTuneObjective, cost_of, trial_train_config
+from lmtune.trial import FineTuneObjective, cost_of, train_fitting_memory, trial_train_config
 
 
 @dataclass
@@ -55,11 +55,11 @@ def selection_is_current(cfg: ExperimentConfig, study: optuna.Study) -> bool:
     stored = study.user_attrs.get("selection")
     if not stored or cfg.select is None:
         return False
-    wanted = [c.trial for c in candidates(study, cfg.select.top_k, cfg.select.include_baseline)]
-    have = [r["trial"] for r in stored["candidates"]]
-    seeds = [str(s) for s in cfg.select.seeds]
-    return have == wanted and stored["rule"] == cfg.select.rule and all(
-        list(r["per_seed"]) == seeds for r in stored["candidates"])
+    wanted = {c.trial for c in candidates(study, cfg.select.top_k, cfg.select.include_baseline)}
+    checked = stored["candidates"] + stored.get("failed", [])
+    seeds = {str(s) for s in cfg.select.seeds}
+    return {r["trial"] for r in checked} == wanted and stored["rule"] == cfg.select.rule and all(
+        set(r["per_seed"]) | set(r.get("errors", {})) == seeds for r in checked)
 
 
 def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTuneObjective | None = None) -> dict:
@@ -76,20 +76,38 @@ def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTun
         raise LmtuneError("the selection phase needs a test split; set data.test_fraction > 0 or data.test_path")
     metric, maximize = cfg.objective.metric, cfg.objective.direction == "maximize"
     workdir = run_dir(cfg) / "selection"
-    rows = []
+    rows, failed = [], []
     for cand in candidates(study, sel.top_k, sel.include_baseline):
-        per_seed = {}
+        per_seed, errors = {}, {}
         for seed in sel.seeds:
             train_cfg = trial_train_config(cfg.train, {**cand.hparams, "seed": seed, "output_dir": None})
-            trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=metric, maximize=maximize,
-                              prepared=prepared, tokenizer=tokenizer, progress=objective.progress).setup()
-            result = trainer.train()
+            try:
+                trainer = train_fitting_memory(train_cfg, cfg.search.oom_retries, lambda c: Trainer(
+                    cfg.model, cfg.data, c, objective_metric=metric, maximize=maximize, prepared=prepared,
+                    tokenizer=tokenizer, progress=objective.progress))
+            except (DivergedError, OutOfMemoryError) as e:  # this seed's failure, not the selection's
+                errors[str(seed)] = str(e)
+                continue
+            result = trainer.result
             test = trainer.evaluate("test")
             per_seed[str(seed)] = {"validation": _clean(result.metrics), "test": test, "cost": cost_of(result)}
-            if seed == sel.seeds[0]:
+            if len(per_seed) == 1:
                 trainer.save(workdir / f"trial-{cand.trial}", result)
-        rows.append(_summarise(cand, per_seed, metric, maximize))
+        if errors:
+            failed.append({"trial": cand.trial, "baseline": cand.is_baseline, "hparams": cand.hparams,
+                           "errors": errors, "per_seed": per_seed})
+        else:
+            rows.append(_summarise(cand, per_seed, metric, maximize))
+    if not rows:
+        reasons = "; ".join(f"trial {f['trial']}: {next(iter(f['errors'].values()))}" for f in failed)
+        raise LmtuneError(f"every candidate of the selection phase failed on some seed ({reasons}); the search "
+                          "results are kept: lower the learning rates searched or the micro-batch, then run "
+                          "`lmtune select` again")
     report = _decide(rows, metric, maximize, sel.rule)
+    report["failed"] = failed
+    report["flags"] += [f"trial {f['trial']} left out of the selection: it failed on seed "
+                        f"{', '.join(f['errors'])} ({next(iter(f['errors'].values()))}), so it is not robust"
+                        for f in failed]
     winner = report["winner"]
     best_dir = run_dir(cfg) / "best-model"
     shutil.rmtree(best_dir, ignore_errors=True)

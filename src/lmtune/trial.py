@@ -65,27 +65,23 @@ class FineTuneObjective:
         cfg = self.cfg
         train_cfg = trial_train_config(cfg.train, ctx.params)
         tokenizer, prepared = self.prepare()
-        attempts: list[dict[str, Any]] = []
-        while True:
-            ctx.set("hparams", json.loads(train_cfg.model_dump_json()))
-            trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
-                              maximize=cfg.objective.direction == "maximize", prepared=prepared,
-                              tokenizer=tokenizer, report=ctx.report, progress=self.progress)
-            oom = _train_or_oom(trainer, ctx)
-            if oom is None:
-                break
-            del trainer
-            free_memory()
-            attempts.append({"per_device_train_batch_size": train_cfg.per_device_train_batch_size,
-                             "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "error": oom})
-            ctx.set("oom_attempts", attempts)
-            if len(attempts) > cfg.search.oom_retries or train_cfg.per_device_train_batch_size == 1:
-                raise OutOfMemoryError(
-                    f"oom: out of memory at per_device_train_batch_size={train_cfg.per_device_train_batch_size} "
-                    f"after {len(attempts) - 1} retries with half the micro-batch ({oom}); lower "
-                    "per_device_train_batch_size or data.max_length, or raise search.oom_retries")
-            train_cfg = halve_micro_batch(train_cfg)
-            ctx.set("curve", [])  # the retry trains from scratch; its curve replaces the failed attempt's
+        trainers: list[Trainer] = []
+
+        def make_trainer(attempt: TrainConfig) -> Trainer:
+            ctx.set("hparams", json.loads(attempt.model_dump_json()))
+            if trainers:  # a retry trains from scratch; its curve replaces the failed attempt's
+                ctx.set("curve", [])
+            trainers.append(Trainer(cfg.model, cfg.data, attempt, objective_metric=cfg.objective.metric,
+                                    maximize=cfg.objective.direction == "maximize", prepared=prepared,
+                                    tokenizer=tokenizer, report=ctx.report, progress=self.progress))
+            return trainers[-1]
+
+        try:
+            trainer = train_fitting_memory(train_cfg, cfg.search.oom_retries, make_trainer,
+                                           on_oom=lambda attempts: ctx.set("oom_attempts", attempts))
+        except DivergedError:
+            ctx.set("cost", cost_of(trainers[-1].result))  # the steps it trained before its loss blew up
+            raise
         result = trainer.result
         ctx.set("cost", cost_of(result))
         if result.stop_reason:
@@ -101,19 +97,32 @@ class FineTuneObjective:
         return {k: v for k, v in result.metrics.items() if k != "step"}
 
 
-def _train_or_oom(trainer: Trainer, ctx: TrialContext) -> str | None:
-    """Set up and train; None when done, the error's first line when it ran out of memory. A diverged run
-    keeps the cost of the steps it trained before it re-raises."""
-    try:
-        trainer.setup().train()
-    except DivergedError:
-        ctx.set("cost", cost_of(trainer.result))
-        raise
-    except (RuntimeError, MemoryError) as e:
-        if not is_out_of_memory(e):
-            raise
-        return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    return None
+def train_fitting_memory(train_cfg: TrainConfig, retries: int, make_trainer: Callable[[TrainConfig], Trainer],
+                         on_oom: Callable[[list[dict[str, Any]]], None] = lambda _: None) -> Trainer:
+    """Set up and train a trainer; when it runs out of memory, train again from scratch with half the
+    micro-batch and twice the accumulation, up to `retries` times, then raise OutOfMemoryError ("oom: ...").
+    `on_oom` sees the failed attempts so far. Any other error, a diverged loss included, goes up at once."""
+    attempts: list[dict[str, Any]] = []
+    while True:
+        trainer = make_trainer(train_cfg)
+        try:
+            trainer.setup().train()
+            return trainer
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            error = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        del trainer
+        free_memory()
+        attempts.append({"per_device_train_batch_size": train_cfg.per_device_train_batch_size,
+                         "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "error": error})
+        on_oom(attempts)
+        if len(attempts) > retries or train_cfg.per_device_train_batch_size == 1:
+            raise OutOfMemoryError(
+                f"oom: out of memory at per_device_train_batch_size={train_cfg.per_device_train_batch_size} "
+                f"after {len(attempts) - 1} retries with half the micro-batch ({error}); lower "
+                "per_device_train_batch_size or data.max_length, or raise search.oom_retries")
+        train_cfg = halve_micro_batch(train_cfg)
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -22,6 +22,7 @@ from lmtune import Study, tune
 from lmtune.cli import app
 from lmtune.report import build_report
 from lmtune.report._figures import pareto_front
+from lmtune.results import best_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("summary", "baseline-vs-tuned", "history", "curves", "parallel", "importance", "slices", "pareto")
@@ -109,6 +110,10 @@ def test_pbt_report_shows_lineage_and_schedules(tmp_path):
     assert f"({len(exploits)} exploits)" in lineage and '"arrowhead":3' in lineage
     assert "learning_rate" in schedule and "weight_decay" in schedule
     assert "<h3>Exploits</h3>" in page and "<h3>Schedules</h3>" in page
+    # best.yaml holds the winning member's final values, which differ from its start after an exploit
+    best = study.best_trial
+    assert len(best.user_attrs["schedule"]) > 1  # seed 0: the winner was re-seeded from a donor and perturbed
+    assert best_config(study.optuna)["train"]["learning_rate"] == best.user_attrs["hparams_final"]["learning_rate"]
 
 
 def _fake_selection(study: optuna.Study) -> dict:

@@ -180,6 +180,7 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
     cfg = dict(study.user_attrs.get("config") or {})
     train = dict(cfg.get("train") or {})
-    train.update(best.user_attrs.get("hparams", best.params))
+    # A PBT member's model comes from a schedule: like Ray Tune, report its final values (the schedule is kept).
+    train.update(best.user_attrs.get("hparams") or best.user_attrs.get("hparams_final") or best.params)
     cfg["train"] = train
     return cfg

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +34,8 @@ from lmtune.storage import mask_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tune the hyperparameters of LLM instruction fine-tuning with real trials.")
-console = Console()
+# Off a terminal (a pipe, a log file, CI) rich assumes 80 columns and folds the trial table cell by cell.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 err_console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML file")]
@@ -150,8 +153,6 @@ def worker(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
     """Join a shared study (e.g. on PostgreSQL) from this machine and run trials until its budget is spent.
 
     Start one per machine (or per GPU, with --index); each trial runs in its own child process."""
-    import os
-
     from lmtune.executors.local import work
 
     try:

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import optuna
 import yaml
 from conftest import small_config
 from rich.console import Console
@@ -109,3 +110,29 @@ def test_live_display_follows_pbt_members_segment_by_segment(tmp_path):
     member = {t.user_attrs["pbt_member"]: t.number for t in study.trials}
     assert labels == [f"trial {member[i % 2]} (member {i % 2})" for i in range(4)]  # 2 segments x 2 members
     assert "2/2" in budget_line(screen(display), "trials")
+
+
+def test_trials_running_in_other_processes_are_shown_from_storage(tmp_path):
+    """With --workers (or Ray) no step reaches this process: the trial bar lists the running trials and the
+    last step each reported to the database, re-read at most once a second."""
+    cfg = validate_config(small_config(tmp_path))
+    storage = optuna.storages.RDBStorage(cfg.storage)
+    study = optuna.create_study(study_name=cfg.study_name, storage=storage)
+    now = [0.0]
+    display = LiveDisplay(cfg, Console(width=200), clock=lambda: now[0])
+    assert "waiting" in screen(display)
+    first, second = study.ask(), study.ask()
+    first.report(2.5, 6)
+    now[0] = 0.5
+    assert "trial 0 step 6" not in screen(display)  # polled less than a second ago
+    now[0] = 1.5
+    line = next(ln for ln in screen(display).splitlines() if "running" in ln)
+    assert "2 trials" in line and "trial 0 step 6, trial 1 step 0" in line
+    study.tell(first, 1.0)
+    study.tell(second, 2.0)
+    now[0] = 3.0
+    assert "waiting" in screen(display)
+    display.on_step(1, 12, 3.0)  # training in this process: steps drive the bar, storage is not read
+    study.ask().report(1.0, 6)
+    now[0] = 5.0
+    assert "trial 2 step 6" not in screen(display)

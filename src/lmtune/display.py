@@ -158,9 +158,10 @@ class LiveDisplay:
         self.trial_task = self.progress.add_task("waiting", total=None, amount="", info="")
         self.trial_started = self.clock()
         self.last_step = 0
+        self.stepped, self.polled_at = False, -math.inf
         self.segments = 0
         self.table: RenderableType = Text("no finished trial yet", style="dim")
-        self.live = Live(self.renderable(), console=console, refresh_per_second=4, transient=True)
+        self.live = Live(self, console=console, refresh_per_second=4, transient=True)
 
     def __enter__(self) -> LiveDisplay:
         self.live.__enter__()
@@ -170,7 +171,11 @@ class LiveDisplay:
         self.live.__exit__(*exc)  # type: ignore[arg-type]
 
     def renderable(self) -> Group:
+        self._poll_running()
         return Group(self.progress, self.table)
+
+    def __rich__(self) -> Group:  # Live re-renders this on every refresh
+        return self.renderable()
 
     # ------------------------------------------------------------------------------------------------ hooks
     def on_step(self, step: int, total: int, loss: float) -> None:
@@ -178,7 +183,7 @@ class LiveDisplay:
         if self._new_run(step):
             self.trial_started = self.clock()
             self.progress.reset(self.trial_task, total=total, description=self._running_label())
-        self.last_step = step
+        self.last_step, self.stepped = step, True
         self.progress.update(self.trial_task, completed=step, total=total, amount=f"{step}/{total} steps",
                              info=f"loss {loss:.3f}")
         self._update_budgets(current=(step / max(total, 1), self.clock() - self.trial_started))
@@ -193,9 +198,30 @@ class LiveDisplay:
                  f"({', '.join(f'{n} {s}' for s, n in counts.most_common())}); "
                  f"last: trial {trial.number} {trial_status(trial)}")
         self.table = trials_table(study, limit=BEST_ROWS, title=title, best_first=True)
-        self.live.update(self.renderable())
+        self.live.refresh()
 
     # ------------------------------------------------------------------------------------------------ state
+    def _poll_running(self) -> None:
+        """Trials that train in other processes (`--workers`, Ray, PBT workers) send no steps here: once a
+        second, show the running trials and the last step each reported to storage instead. Once a step has
+        come in, training happens here and the steps drive the bar."""
+        now = self.clock()
+        if self.stepped or now - self.polled_at < 1:
+            return
+        self.polled_at = now
+        study = self._study()
+        if study is None:
+            return
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            self.progress.update(self.trial_task, description="waiting", amount="", info="")
+            return
+        steps = ", ".join(f"trial {t.number} step {max(t.intermediate_values, default=0)}" for t in running[:6])
+        self.progress.update(self.trial_task, total=None, description="running",
+                             amount=f"{len(running)} trial{'s' * (len(running) > 1)}",
+                             info=steps + (", ..." if len(running) > 6 else ""))
+        self._update_budgets()
+
     def _update_budgets(self, current: tuple[float, float] = (0.0, 0.0)) -> None:
         """Spent budget: the finished trials' plus the running trial's share so far."""
         fte_now, seconds_now = current

@@ -1,5 +1,7 @@
 """Proxy tuning: stage 1 on a shrunk model, data and run; stage 2 re-runs the transferred top-k on the target."""
 
+import os
+
 import pytest
 import torch
 from conftest import small_config
@@ -35,9 +37,11 @@ def test_narrowed_space_centres_on_the_transferred_config():
     assert out["optim"] == space["optim"]
 
 
-def test_proxy_then_target_end_to_end(tmp_path):
+@pytest.mark.parametrize("workers", [None, 2], ids=["in-process", "2-workers"])
+def test_proxy_then_target_end_to_end(tmp_path, workers):
     cfg = small_config(
-        tmp_path, train={"max_steps": 12, "eval_steps": 6},
+        tmp_path, executor={"workers": workers, "heartbeat_interval": 1, "grace_period": 10},
+        train={"max_steps": 12, "eval_steps": 6},
         search={"strategy": "random", "n_trials": 3, "seed": 0,
                 "space": {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}}},
         stages={"proxy": {"model": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 96,
@@ -72,6 +76,9 @@ def test_proxy_then_target_end_to_end(tmp_path):
     assert info["proxy_study"] == "test-proxy" and info["width_ratio"] == 0.5 and info["data_ratio"] == 2.0
     assert 0 < info["proxy_fte_target"] < 3 * 0.5  # 3 proxy runs cost far less than 3 target runs
     assert study.optuna.user_attrs["selection"]["candidates"]
+    if workers:  # both stages ran in the worker processes, none in this one
+        ran_in = {t.user_attrs.get("worker") for t in [*proxy.trials, *trials]}
+        assert None not in ran_in and str(os.getpid()) not in {w.rsplit(":", 1)[1] for w in ran_in}
     # Resuming does nothing more in either stage.
     again = tune(cfg)
     assert len(again.trials) == 4 and len(load_study(cfg["storage"], "test-proxy").trials) == 3

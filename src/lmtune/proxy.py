@@ -25,10 +25,18 @@ import torch
 from optuna.trial import TrialState
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lmtune.config import ExperimentConfig, ObjectiveConfig, ParamSpec, StagesConfig, TransferConfig, run_dir
+from lmtune.config import (
+    BudgetConfig,
+    ExperimentConfig,
+    ObjectiveConfig,
+    ParamSpec,
+    StagesConfig,
+    TransferConfig,
+    run_dir,
+)
 from lmtune.errors import LmtuneError
 from lmtune.results import BASELINE_ATTR, cost_of
-from lmtune.study import OVERRIDES_ATTR, Callback, Study, open_tuning_study
+from lmtune.study import OVERRIDES_ATTR, Callback, Study, open_tuning_study, run_trials
 from lmtune.train.data import load_splits
 from lmtune.train.model import load_tokenizer, resolve_path
 
@@ -181,14 +189,17 @@ def run_stages(cfg: ExperimentConfig, objective: Any, search: Callable[[Experime
     local = rules.local_search
     if local is not None and moved:
         space = narrowed_space(space, moved[0][1], local.factor)
-    target = open_tuning_study(cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})}))
+    target_cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})})
+    target = open_tuning_study(target_cfg)
     done = {t.user_attrs.get(TRANSFER_ATTR) for t in target.trials}
     for t, params, overrides in moved:
         if t.number not in done:
             target.optuna.enqueue_trial(params, user_attrs={TRANSFER_ATTR: t.number, OVERRIDES_ATTR: overrides,
                                                             "proxy_value": t.value})
     n_target = int(target.baseline is not None) + len(moved) + (local.n_trials if local else 0)
-    target.optimize(objective, n_trials=n_target, timeout=cfg.search.timeout, callbacks=callbacks)
+    # Stage 2 runs where the search would (here, local workers or Ray), with its own trial count and no budget.
+    stage2 = target_cfg.search.model_copy(update={"n_trials": n_target, "budget": BudgetConfig()})
+    run_trials(target_cfg.model_copy(update={"search": stage2, "stages": None}), target, objective, callbacks)
     target.optuna.set_user_attr("stages", _summary(proxy, target, width_ratio, data_ratio, steps_ratio))
     return target
 

@@ -343,7 +343,15 @@ def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] 
             frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
             for callback in callbacks:
                 callback(study.optuna, frozen)
-    elif cfg.executor.type == "ray":
+    else:
+        run_trials(cfg, study, objective, callbacks)
+    return study
+
+
+def run_trials(cfg: ExperimentConfig, study: Study, objective: Objective, callbacks: Iterable[Callback] = ()) -> None:
+    """The study's trials, up to the config's budgets, where its executor runs them: here, in local worker
+    processes or as Ray tasks."""
+    if cfg.executor.type == "ray":
         from lmtune.executors.ray import run_on_ray
 
         run_on_ray(cfg, study, objective, callbacks)
@@ -354,7 +362,6 @@ def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] 
         run_workers(cfg, study, callbacks)
     else:
         optimize_config(cfg, study, objective, callbacks)
-    return study
 
 
 def optimize_config(cfg: ExperimentConfig, study: Study, objective: Objective, callbacks: Iterable[Callback] = (),

@@ -92,32 +92,42 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
+def _crash_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 40,
+                                         "eval_steps": 10, "eval_max_samples": 8},
+                        search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
+                                "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
+                        executor={"heartbeat_interval": 1, "grace_period": 4})
+
+
+def _worker_mid_trial(cfg: Path, storage: str) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial, list[int]]:
+    """`lmtune worker` started on `cfg`, once its first trial is training in the trial's own process: the
+    worker, that trial, and the worker's descendants (its trial server first, then the trial's process)."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    worker = subprocess.Popen([sys.executable, "-m", "lmtune", "worker", str(cfg), "--index", "0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="test", storage=storage).trials
+        except KeyError:  # the worker has not created the study yet
+            continue
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
+        children = _descendants(worker.pid)
+        if running and len(children) >= 2 and running[0].intermediate_values:  # mid-training, in its child
+            return worker, running[0], children
+    worker.kill()
+    raise AssertionError(f"the worker never reached the middle of a trial: {worker.communicate()[0][-2000:]}")
+
+
 def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     """A worker killed mid-trial: its trial child dies with it, the next run marks the trial failed once its
     heartbeat is stale, retries its parameters, and completes the study with the budget counted right."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 40,
-                                        "eval_steps": 10, "eval_max_samples": 8},
-                       search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
-                               "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
-                       executor={"heartbeat_interval": 1, "grace_period": 4})
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    worker = subprocess.Popen([sys.executable, "-m", "lmtune", "worker", str(cfg), "--index", "0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = _crash_config(tmp_path)
+    worker, victim, children = _worker_mid_trial(cfg, storage)
     try:
-        deadline = time.monotonic() + 300
-        victim = None
-        while victim is None and time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.5)
-            try:
-                trials = optuna.load_study(study_name="test", storage=storage).trials
-            except KeyError:  # the worker has not created the study yet
-                continue
-            running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
-            children = _descendants(worker.pid)  # its trial server and the trial's process
-            if running and len(children) >= 2 and running[0].intermediate_values:  # mid-training, in its child
-                victim = running[0]
-        assert victim is not None, "the worker never reached the middle of a trial"
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         for _ in range(100):  # the server and the trial's child die with their worker (PR_SET_PDEATHSIG)
@@ -139,6 +149,19 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
     assert len(trials) == 4  # three counted trials plus the killed one
+
+
+def test_worker_whose_trial_server_dies_stops_with_a_reason(tmp_path: Path) -> None:
+    """Without its trial server a worker cannot run trials: it fails the trial in hand with the reason and
+    exits with an error, instead of failing every remaining trial of the budget at once."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    worker, victim, (server, *_) = _worker_mid_trial(_crash_config(tmp_path), storage)
+    os.kill(server, signal.SIGKILL)
+    output = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 2 and "trial server" in output and "Traceback" not in output, output
+    trials = optuna.load_study(study_name="test", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL]  # the budget's other two trials are untouched
+    assert "trial server of worker" in trials[0].user_attrs["fail_reason"]
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ class TrialServer:
 
     def __init__(self, cfg: ExperimentConfig, objective: Objective, gpus: list[str], threads: int):
         self.gpus = gpus
+        self.died: str | None = None  # why this worker can run no more trials
         fork = multiprocessing.get_context("fork")
         self._conn, theirs = fork.Pipe()
         self._server = fork.Process(target=_serve, args=(theirs, cfg, objective, gpus, threads, os.getpid()),
@@ -75,8 +76,13 @@ class TrialServer:
             self._conn.send((TrialSpec.of(ctx), ctx.trial.study.pruner))
             outcome, exitcode = self._conn.recv()
         except (EOFError, OSError):
-            raise LmtuneError(f"the trial server of worker {worker_name()} died (exit code "
-                              f"{self._server.exitcode}); this worker can run no more trials") from None
+            # Every later trial would fail at once and use up the budget: stop this worker, with a reason.
+            self._server.join(timeout=5)
+            self.died = (f"the trial server of worker {worker_name()} died (exit code {self._server.exitcode}); "
+                         "this worker can run no more trials and stopped")
+            ctx.set("fail_reason", self.died)
+            ctx.trial.study.stop()
+            raise TrialError(self.died) from None
         if outcome is None:
             reason = (f"the trial's process died with exit code {exitcode} (-9 is SIGKILL, often the "
                       "out-of-memory killer)")
@@ -88,6 +94,7 @@ class TrialServer:
         with contextlib.suppress(OSError):
             self._conn.send(None)
         self._server.join()
+        self._conn.close()
 
 
 def _serve(conn: Any, cfg: ExperimentConfig, objective: Objective, gpus: list[str], threads: int,
@@ -171,6 +178,8 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
         optimize_config(cfg, study, objective, callbacks, server)
     finally:
         server.close()
+    if server.died:
+        raise LmtuneError(server.died)
     return study
 
 

@@ -15,7 +15,7 @@ import optuna
 
 from lmtune.config import ExperimentConfig
 from lmtune.errors import ConfigError
-from lmtune.executors import Outcome, TrialSpec, run_attached, settle, worker_name
+from lmtune.executors import Outcome, TrialError, TrialSpec, run_attached, settle, worker_name
 from lmtune.storage import mask_url
 from lmtune.study import Callback, Objective, Study, TrialContext, optimize_config
 
@@ -75,6 +75,13 @@ def run_on_ray(cfg: ExperimentConfig, study: Study, objective: Objective, callba
     cfg_json = cfg.model_dump_json()
 
     def execute(_objective: Objective, ctx: TrialContext) -> float:
-        return settle(ray.get(task.remote(cfg_json, TrialSpec.of(ctx), study.optuna.pruner, cpus)))
+        try:
+            outcome = ray.get(task.remote(cfg_json, TrialSpec.of(ctx), study.optuna.pruner, cpus))
+        except Exception as e:  # the task's worker crashed or was killed: its trial fails with the reason
+            first = (str(e).strip().splitlines() or [""])[0]
+            reason = mask_url(f"ray task failed: {type(e).__name__}: {first}")[:2000]
+            ctx.set("fail_reason", reason)
+            raise TrialError(reason) from None
+        return settle(outcome)
 
     optimize_config(cfg, study, objective, callbacks, execute, n_jobs=parallel)

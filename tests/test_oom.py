@@ -6,6 +6,9 @@ of MAX_FIT rows, asks the CPU allocator for 4 EiB. That allocation really fails 
 raises torch.OutOfMemoryError, the exception CUDA raises, which cannot be provoked without a GPU.
 """
 
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import small_config
@@ -13,7 +16,9 @@ from optuna.trial import TrialState
 from transformers import LlamaForCausalLM
 
 from lmtune import tune
-from lmtune.trial import is_out_of_memory
+from lmtune.config import validate_config
+from lmtune.train.trainer import Trainer
+from lmtune.trial import is_out_of_memory, train_fitting_memory
 
 MAX_FIT = 4
 
@@ -82,6 +87,23 @@ def test_selection_retrains_are_retried_on_oom_too(tmp_path, small_memory):
     sel = tune(cfg).optuna.user_attrs["selection"]
     assert sel["failed"] == [] and len(sel["candidates"]) == 2
     assert all(s["cost"]["steps"] == 12 for r in sel["candidates"] for s in r["per_seed"].values())
+
+
+def test_a_failed_attempt_is_freed_before_the_retry_trains(tmp_path, small_memory):
+    """Nothing keeps the out-of-memory attempt's model alive: on a GPU it would take the retry's memory."""
+    cfg = validate_config(small_config(tmp_path))
+    attempts = []
+
+    def make_trainer(train_cfg):
+        if attempts:
+            gc.collect()
+            assert all(ref() is None for ref in attempts), "an earlier attempt's trainer is still alive"
+        trainer = Trainer(cfg.model, cfg.data, train_cfg)
+        attempts.append(weakref.ref(trainer))
+        return trainer
+
+    trainer = train_fitting_memory(cfg.train, 2, make_trainer)
+    assert trainer.cfg.per_device_train_batch_size == MAX_FIT and len(attempts) == 3
 
 
 def test_oom_retries_zero_fails_at_once(tmp_path, small_memory):

@@ -1,5 +1,7 @@
 """Errors a user can fix. The CLI prints these as one paragraph, never as a traceback."""
 
+from typing import Any
+
 
 class LmtuneError(Exception):
     """Base of every error whose message tells the user what to change."""
@@ -18,7 +20,10 @@ class ModelLoadError(LmtuneError):
 
 
 class DivergedError(LmtuneError):
-    """Training produced a NaN or infinite loss; a study records the trial as pruned, not failed."""
+    """Training produced a NaN or infinite loss; a study records the trial as pruned, not failed. `result`
+    is the run's TrainResult so far: the steps it cost before the loss blew up."""
+
+    result: Any = None
 
 
 class OutOfMemoryError(LmtuneError):

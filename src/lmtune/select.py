@@ -21,7 +21,7 @@ from lmtune.config import ExperimentConfig, run_dir
 from lmtune.errors import DivergedError, LmtuneError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR
 from lmtune.train.trainer import Trainer
-from lmtune.trial import FineTuneObjective, cost_of, train_fitting_memory, trial_train_config
+from lmtune.trial import FineTuneObjective, cost_of, free_memory, train_fitting_memory, trial_train_config
 
 
 @dataclass
@@ -93,6 +93,8 @@ def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTun
             per_seed[str(seed)] = {"validation": _clean(result.metrics), "test": test, "cost": cost_of(result)}
             if len(per_seed) == 1:
                 trainer.save(workdir / f"trial-{cand.trial}", result)
+            del trainer  # before the next seed loads its own model
+            free_memory()
         if errors:
             failed.append({"trial": cand.trial, "baseline": cand.is_baseline, "hparams": cand.hparams,
                            "errors": errors, "per_seed": per_seed})

@@ -65,22 +65,21 @@ class FineTuneObjective:
         cfg = self.cfg
         train_cfg = trial_train_config(cfg.train, ctx.params)
         tokenizer, prepared = self.prepare()
-        trainers: list[Trainer] = []
 
         def make_trainer(attempt: TrainConfig) -> Trainer:
             ctx.set("hparams", json.loads(attempt.model_dump_json()))
-            if trainers:  # a retry trains from scratch; its curve replaces the failed attempt's
-                ctx.set("curve", [])
-            trainers.append(Trainer(cfg.model, cfg.data, attempt, objective_metric=cfg.objective.metric,
-                                    maximize=cfg.objective.direction == "maximize", prepared=prepared,
-                                    tokenizer=tokenizer, report=ctx.report, progress=self.progress))
-            return trainers[-1]
+            # Each attempt trains from scratch, and a trial retried after its worker died starts with the dead
+            # run's attributes: the curve is this attempt's alone.
+            ctx.set("curve", [])
+            return Trainer(cfg.model, cfg.data, attempt, objective_metric=cfg.objective.metric,
+                           maximize=cfg.objective.direction == "maximize", prepared=prepared,
+                           tokenizer=tokenizer, report=ctx.report, progress=self.progress)
 
         try:
             trainer = train_fitting_memory(train_cfg, cfg.search.oom_retries, make_trainer,
                                            on_oom=lambda attempts: ctx.set("oom_attempts", attempts))
-        except DivergedError:
-            ctx.set("cost", cost_of(trainers[-1].result))  # the steps it trained before its loss blew up
+        except DivergedError as e:
+            ctx.set("cost", cost_of(e.result))
             raise
         result = trainer.result
         ctx.set("cost", cost_of(result))
@@ -89,11 +88,9 @@ class FineTuneObjective:
         if train_cfg.output_dir:
             trainer.save(train_cfg.output_dir, result)
         value = result.metrics[cfg.objective.metric]
-        if not ctx.pruned:
-            study = ctx.trial.study
-            with study_lock(study._storage, study.study_name):  # workers finishing at once save one by one
-                if _beats_study_best(study, value, cfg.objective.metric):
-                    keep_best_model(study, trainer, result, ctx.number, run_dir(cfg) / "best-model")
+        if not ctx.pruned and _beats_study_best(ctx.trial.study, value, cfg.objective.metric):
+            keep_best_model(ctx.trial.study, trainer, result, ctx.number, run_dir(cfg) / "best-model",
+                            cfg.objective.metric)
         return {k: v for k, v in result.metrics.items() if k != "step"}
 
 
@@ -108,6 +105,9 @@ def train_fitting_memory(train_cfg: TrainConfig, retries: int, make_trainer: Cal
         try:
             trainer.setup().train()
             return trainer
+        except DivergedError as e:
+            e.result = trainer.result
+            raise
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -162,16 +162,22 @@ def _beats_study_best(study: optuna.Study, value: float, metric: str) -> bool:
 
 
 def keep_best_model(study: optuna.Study, trainer: Trainer, result: TrainResult, trial_number: int,
-                    path: Path) -> Path:
-    """Save this run's model over the previous best, so exactly one model (the best) stays on disk."""
+                    path: Path, metric: str) -> None:
+    """Save this run's model over the previous best, so exactly one model (the best) stays on disk.
+
+    The save (minutes for a large model) happens outside the study lock; under it, only the check that no
+    other worker kept a better model meanwhile and the swap, so other workers' trials are not held up."""
     tmp = path.with_name(f"{path.name}.tmp-{trial_number}")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save(tmp, result)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    study.set_user_attr("best_model", {"trial": trial_number, "dir": str(path.resolve()),
-                                       "metrics": {k: v for k, v in result.metrics.items() if k != "step"}})
-    return path
+    with study_lock(study._storage, study.study_name):  # workers finishing at once swap one by one
+        if not _beats_study_best(study, result.metrics[metric], metric):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        study.set_user_attr("best_model", {"trial": trial_number, "dir": str(path.resolve()),
+                                           "metrics": {k: v for k, v in result.metrics.items() if k != "step"}})
 
 
 def run_segment(cfg: ExperimentConfig, job: SegmentJob, tokenizer: Any, prepared: PreparedData,

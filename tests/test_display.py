@@ -133,6 +133,11 @@ def test_trials_running_in_other_processes_are_shown_from_storage(tmp_path):
     now[0] = 3.0
     assert "waiting" in screen(display)
     display.on_step(1, 12, 3.0)  # training in this process: steps drive the bar, storage is not read
-    study.ask().report(1.0, 6)
+    third = study.ask()
+    third.report(1.0, 6)
     now[0] = 5.0
     assert "trial 2 step 6" not in screen(display)
+    # After a trial ends the next one may train elsewhere (PBT members after the in-process baseline).
+    display.on_trial_end(study, study.trials[1])
+    now[0] = 7.0
+    assert "trial 2 step 6" in screen(display)

@@ -190,7 +190,7 @@ class LiveDisplay:
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._set_study(study)
-        self.last_step = 0
+        self.last_step, self.stepped = 0, False  # the next trial may train elsewhere (PBT after its baseline)
         self._update_budgets()
         counts = Counter(trial_status(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
         ranked = ranked_trials(study)
@@ -212,7 +212,10 @@ class LiveDisplay:
         study = self._study()
         if study is None:
             return
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        try:  # on rich's refresh thread: an error here would end the display's refreshing silently
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:  # the database busy or restarting: the next poll tries again
+            return
         if not running:
             self.progress.update(self.trial_task, description="waiting", amount="", info="")
             return

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import optuna
 import pytest
 import yaml
 from conftest import small_config
@@ -78,6 +79,23 @@ def test_a_candidate_that_diverges_on_one_seed_is_left_out_not_fatal(tmp_path, m
     with pytest.raises(LmtuneError, match="every candidate of the selection phase failed"):
         run_selection(validate_config({**cfg, "select": {"top_k": 1, "seeds": [2]}}), study.optuna)
     assert study.optuna.user_attrs["selection"] == sel  # the stored selection is not touched
+
+
+def test_verdict_when_the_baseline_failed_in_selection_and_the_winner_is_worse_on_validation():
+    """The robust winner can be worse on validation than a baseline that diverged on a test seed: the verdict
+    says so, and why the baseline was not compared on test data."""
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("metric", "eval_loss")
+    for value, attrs in ((1.0, {"baseline": True}), (1.2, {})):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={**attrs, "metrics": {"eval_loss": value}},
+                                                  params={}, distributions={}))
+    study.set_user_attr("selection", {
+        "winner": 1, "candidates": [{"trial": 1, "test_mean": 1.3, "test_std": 0.1, "per_seed": {"0": {}}}],
+        "failed": [{"trial": 0, "errors": {"1": "diverged: training loss is nan at step 3"}}]})
+    comp = compare(study)
+    assert not comp.improved
+    assert comp.verdict.startswith("the tuned trial 1 does not beat the baseline on validation: eval_loss 1 -> 1.2")
+    assert "the baseline was left out of the selection phase (diverged: training loss is nan" in comp.verdict
 
 
 def test_baseline_vs_tuned_table_files(tmp_path):

@@ -149,9 +149,17 @@ def compare(study: optuna.Study) -> Comparison | None:
         b, t = test[base.number]["test_mean"], test[tuned.number]["test_mean"]
         return Comparison(rows, f"tuned beats the baseline on test data: {metric} {b:.4g} -> {t:.4g} "
                                 f"({t - b:+.4g}), trial {tuned.number}", True)
+    failed = {f["trial"]: f for f in (selection or {}).get("failed", [])}
+    note = ""
+    if base.number in failed:
+        note = (f"; the baseline was left out of the selection phase "
+                f"({next(iter(failed[base.number]['errors'].values()))})")
     gain = tuned.value - base.value if tuned.value is not None else 0.0
-    return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {tuned.value:.4g} "
-                            f"({gain:+.4g}), trial {tuned.number}", True)
+    if gain > 0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else gain < 0:
+        return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {tuned.value:.4g} "
+                                f"({gain:+.4g}), trial {tuned.number}{note}", True)
+    return Comparison(rows, f"the tuned trial {tuned.number} does not beat the baseline on validation: {metric} "
+                            f"{base.value:.4g} -> {tuned.value:.4g} ({gain:+.4g}){note}", False)
 
 
 def write_comparison(comp: Comparison, stem: Path) -> list[Path]:

@@ -36,7 +36,7 @@ from lmtune.config import (
 )
 from lmtune.errors import LmtuneError
 from lmtune.results import BASELINE_ATTR, cost_of
-from lmtune.study import OVERRIDES_ATTR, Callback, Study, open_tuning_study, run_trials
+from lmtune.study import OVERRIDES_ATTR, Callback, Study, default_startup_trials, open_tuning_study, run_trials
 from lmtune.train.data import load_splits
 from lmtune.train.model import load_tokenizer, resolve_path
 
@@ -198,7 +198,10 @@ def run_stages(cfg: ExperimentConfig, objective: Any, search: Callable[[Experime
                                                             "proxy_value": t.value})
     n_target = int(target.baseline is not None) + len(moved) + (local.n_trials if local else 0)
     # Stage 2 runs where the search would (here, local workers or Ray), with its own trial count and no budget.
-    stage2 = target_cfg.search.model_copy(update={"n_trials": n_target, "budget": BudgetConfig()})
+    startup = target_cfg.search.n_startup_trials
+    stage2 = target_cfg.search.model_copy(update={  # the startup trials the target study was opened with
+        "n_trials": n_target, "budget": BudgetConfig(),
+        "n_startup_trials": default_startup_trials(cfg.search.n_trials) if startup is None else startup})
     run_trials(target_cfg.model_copy(update={"search": stage2, "stages": None}), target, objective, callbacks)
     target.optuna.set_user_attr("stages", _summary(proxy, target, width_ratio, data_ratio, steps_ratio))
     return target

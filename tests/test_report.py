@@ -22,7 +22,7 @@ from lmtune import Study, tune
 from lmtune.cli import app
 from lmtune.report import build_report
 from lmtune.report._figures import pareto_front
-from lmtune.results import best_config
+from lmtune.results import best_config, compare
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("summary", "baseline-vs-tuned", "history", "curves", "parallel", "importance", "slices", "pareto")
@@ -113,7 +113,9 @@ def test_pbt_report_shows_lineage_and_schedules(tmp_path):
     # best.yaml holds the winning member's final values, which differ from its start after an exploit
     best = study.best_trial
     assert len(best.user_attrs["schedule"]) > 1  # seed 0: the winner was re-seeded from a donor and perturbed
-    assert best_config(study.optuna)["train"]["learning_rate"] == best.user_attrs["hparams_final"]["learning_rate"]
+    final_lr = best.user_attrs["hparams_final"]["learning_rate"]
+    assert best_config(study.optuna)["train"]["learning_rate"] == final_lr
+    assert ("learning_rate", None, final_lr) in compare(study.optuna).rows  # no baseline in this study
 
 
 def _fake_selection(study: optuna.Study) -> dict:

@@ -105,6 +105,12 @@ def tuned_trial(study: optuna.Study) -> FrozenTrial | None:
     return best_trial(study)
 
 
+def trained_hparams(trial: FrozenTrial) -> dict[str, Any]:
+    """The training arguments a trial ran with. A PBT member's model comes from a schedule: like Ray Tune,
+    report its final values (the schedule is kept beside them)."""
+    return dict(trial.user_attrs.get("hparams") or trial.user_attrs.get("hparams_final") or trial.params)
+
+
 def compare(study: optuna.Study) -> Comparison | None:
     """Baseline vs tuned: differing hyperparameters, validation metrics, test metrics (from the selection
     phase, mean ± std over its seeds) and cost; the verdict uses test data when there is any."""
@@ -114,7 +120,7 @@ def compare(study: optuna.Study) -> Comparison | None:
         return None
     metric = metric_of(study)
     rows: list[tuple[str, Any, Any]] = []
-    b_h, t_h = (base.user_attrs.get("hparams", {}) if base else {}), tuned.user_attrs.get("hparams", {})
+    b_h, t_h = (trained_hparams(base) if base else {}), trained_hparams(tuned)
     searched = set((study.user_attrs.get("config") or {}).get("search", {}).get("space", {}))
     for key in SEARCHABLE:  # every searched hyperparameter, and any other that differs
         if key in t_h and (key in searched or b_h.get(key) != t_h.get(key)):
@@ -188,7 +194,6 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
     cfg = dict(study.user_attrs.get("config") or {})
     train = dict(cfg.get("train") or {})
-    # A PBT member's model comes from a schedule: like Ray Tune, report its final values (the schedule is kept).
-    train.update(best.user_attrs.get("hparams") or best.user_attrs.get("hparams_final") or best.params)
+    train.update(trained_hparams(best))
     cfg["train"] = train
     return cfg

@@ -114,6 +114,16 @@ def test_every_log_line_is_masked(caplog, monkeypatch):
     assert SECRET not in caplog.text and caplog.text.count("***") == 2
 
 
+def test_a_logged_traceback_is_masked(caplog, monkeypatch):
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    mask_log_records()
+    try:
+        raise ConnectionError(f"lost postgresql://u:{SECRET}@h/db")
+    except ConnectionError:
+        logging.getLogger("some.worker").exception("trial failed")
+    assert "ConnectionError" in caplog.text and "u:***@h" in caplog.text and SECRET not in caplog.text
+
+
 def test_dashboard_listens_on_loopback_only(tmp_path):
     server, url = create_server(f"sqlite:///{tmp_path / 'd.db'}", port=0)
     try:

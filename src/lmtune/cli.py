@@ -32,7 +32,8 @@ from lmtune.results import (
 )
 from lmtune.storage import mask_url
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# An unexpected error's traceback never prints local variables: one of them may hold a storage password.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Tune the hyperparameters of LLM instruction fine-tuning with real trials.")
 # Off a terminal (a pipe, a log file, CI) rich assumes 80 columns and folds the trial table cell by cell.
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)

@@ -137,7 +137,8 @@ def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
 
 def mask_log_records() -> None:
     """From now on, mask storage passwords in every log record of this process, whichever library logs it
-    (SQLAlchemy, psycopg, Optuna, Ray): the record factory runs before any handler or format."""
+    (SQLAlchemy, psycopg, Optuna, Ray), traceback included: the record factory runs before any handler or
+    format."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "masks_passwords", False):
         return
@@ -151,6 +152,8 @@ def mask_log_records() -> None:
         masked = mask_url(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[0] is not None:  # formatters reuse exc_text once it is set
+            record.exc_text = mask_url(logging.Formatter().formatException(record.exc_info))
         return record
 
     factory.masks_passwords = True  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from lmtune import tune
 from lmtune.config import ParamSpec, TransferConfig, validate_config
 from lmtune.errors import ConfigError
-from lmtune.proxy import narrowed_space, transfer
+from lmtune.proxy import narrowed_space, proxy_config, transfer
 from lmtune.results import load_study
 from lmtune.train.model import resolve_path
 
@@ -25,6 +25,18 @@ def test_transfer_rules():
                             TransferConfig(learning_rate=0.25, batch_size="none"), 0.5, 3.0, 1.0, 1)
     assert moved == {"learning_rate": 1e-3, "gradient_accumulation_steps": 2} and extra == {}
     assert transfer(params, TransferConfig(learning_rate="none"), 0.5, 1.0, 1.0, 1)[0]["learning_rate"] == 4e-3
+    assert transfer({"num_train_epochs": 1.5}, TransferConfig(), 1.0, 1.0, 2.0, 1)[0] == {"num_train_epochs": 3.0}
+
+
+def test_a_searched_run_length_is_shortened_on_the_proxy(tmp_path):
+    cfg = validate_config(small_config(tmp_path, train={"max_steps": 200}, search={"space": {
+        "max_steps": {"low": 100, "high": 300, "step": 50}, "num_train_epochs": [1.0, 2.0],
+        "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
+        stages={"proxy": {"steps_fraction": 0.5}}))
+    space = proxy_config(cfg, tmp_path / "proxy-model", n_train=100).search.space
+    assert (space["max_steps"].low, space["max_steps"].high, space["max_steps"].step) == (50, 150, 25)
+    assert space["num_train_epochs"].choices == [0.5, 1.0]
+    assert space["learning_rate"] == cfg.search.space["learning_rate"]
 
 
 def test_narrowed_space_centres_on_the_transferred_config():
@@ -35,6 +47,15 @@ def test_narrowed_space_centres_on_the_transferred_config():
     assert (out["learning_rate"].low, out["learning_rate"].high) == pytest.approx((1e-3, 4e-3))
     assert (out["warmup_ratio"].low, out["warmup_ratio"].high) == pytest.approx((0.0, 0.06))
     assert out["optim"] == space["optim"]
+    # Linear bounds stay inside the declared range, so every sampled value is a valid training argument.
+    bounded = {"momentum": ParamSpec(type="float", low=0.8, high=0.99),
+               "gradient_accumulation_steps": ParamSpec(type="int", low=1, high=8)}
+    out = narrowed_space(bounded, {"momentum": 0.98, "gradient_accumulation_steps": 1}, factor=2.0)
+    assert (out["momentum"].low, out["momentum"].high) == pytest.approx((0.9325, 0.99))
+    assert (out["gradient_accumulation_steps"].low, out["gradient_accumulation_steps"].high) == (1, 3)
+    # A transferred value outside the declared range is still reached.
+    out = narrowed_space(bounded, {"momentum": 0.9, "gradient_accumulation_steps": 12}, factor=2.0)
+    assert (out["gradient_accumulation_steps"].low, out["gradient_accumulation_steps"].high) == (10, 12)
 
 
 @pytest.mark.parametrize("workers", [None, 2], ids=["in-process", "2-workers"])

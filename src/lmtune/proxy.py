@@ -96,7 +96,9 @@ def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int) -> Expe
     p = _stages(cfg).proxy
     train = cfg.train.model_copy(update=_scaled_length(cfg, p.steps_fraction))
     data = cfg.data.model_copy(update={"max_train_samples": max(1, round(p.data_fraction * n_train))})
-    search = cfg.search.model_copy(update={"n_trials": p.n_trials or cfg.search.n_trials})
+    space = {name: _scaled_spec(spec, p.steps_fraction, integer=name == "max_steps")
+             if name in ("max_steps", "num_train_epochs") else spec for name, spec in cfg.search.space.items()}
+    search = cfg.search.model_copy(update={"n_trials": p.n_trials or cfg.search.n_trials, "space": space})
     objective = ObjectiveConfig(metric=p.metric) if p.metric else cfg.objective
     return cfg.model_copy(update={
         "study_name": p.study_name or f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
@@ -113,6 +115,23 @@ def _scaled_length(cfg: ExperimentConfig, fraction: float) -> dict[str, Any]:
             upd["eval_steps"] = max(1, min(steps, round(fraction * t.eval_steps)))
         return upd
     return {"num_train_epochs": t.num_train_epochs * fraction}
+
+
+def _scaled_spec(spec: ParamSpec, fraction: float, integer: bool) -> ParamSpec:
+    """A searched run length shortened like train.max_steps: every bound, grid point and choice (a
+    non-positive max_steps, "use epochs", stays as it is)."""
+    def scaled(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            return v
+        return max(1, round(v * fraction)) if integer else v * fraction
+
+    update: dict[str, Any] = {"low": scaled(spec.low), "high": scaled(spec.high), "value": scaled(spec.value)}
+    if spec.step is not None:
+        update["step"] = scaled(spec.step)
+    for key in ("values", "choices"):
+        if getattr(spec, key) is not None:
+            update[key] = list(dict.fromkeys(scaled(v) for v in getattr(spec, key)))
+    return spec.model_copy(update=update)
 
 
 # ---------------------------------------------------------------------------------------------------- transfer
@@ -136,14 +155,17 @@ def transfer(params: dict[str, Any], rules: TransferConfig, width_ratio: float, 
             out["gradient_accumulation_steps"] = new_acc
         else:
             overrides["gradient_accumulation_steps"] = new_acc
-    if "max_steps" in out and out["max_steps"] > 0:
+    if "max_steps" in out and out["max_steps"] > 0:  # the proxy searched shortened run lengths
         out["max_steps"] = max(1, round(out["max_steps"] * steps_ratio))
+    if "num_train_epochs" in out:
+        out["num_train_epochs"] = out["num_train_epochs"] * steps_ratio
     return out, overrides
 
 
 def narrowed_space(space: dict[str, ParamSpec], center: dict[str, Any], factor: float) -> dict[str, ParamSpec]:
-    """The space around `center`: log dimensions within a factor, linear ones within range/(2 factor), the
-    rest as declared. Bounds may leave the declared range: a transferred optimum can lie outside it."""
+    """The space around `center`: log dimensions within a factor, linear ones within range/(2 factor) and
+    inside the declared range (momentum stays below 1, accumulation at least 1), the rest as declared. A
+    transferred optimum can lie outside the declared range: the bounds then reach out to it, no further."""
     out = dict(space)
     for name, spec in space.items():
         if spec.type not in ("float", "int") or spec.values or name not in center:
@@ -154,9 +176,7 @@ def narrowed_space(space: dict[str, ParamSpec], center: dict[str, Any], factor: 
             low, high = v / factor, v * factor
         else:
             half = (spec.high - spec.low) / (2 * factor)
-            low, high = v - half, v + half
-            if spec.low >= 0:
-                low = max(0.0, low)
+            low, high = max(v - half, min(spec.low, v)), min(v + half, max(spec.high, v))
         if spec.type == "int":
             low, high = math.floor(low), math.ceil(high)
             low = max(low, 1) if spec.log else low

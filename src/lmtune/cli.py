@@ -138,11 +138,16 @@ def _set_executor(cfg: ExperimentConfig, workers: int | None, executor: str | No
                  if v is not None}
     if not overrides:
         return
-    section = validate_section(ExecutorConfig, {**cfg.executor.model_dump(), **overrides}, "executor",
-                               "(--workers/--executor/--address)")
+    _assign(cfg, "executor", validate_section(ExecutorConfig, {**cfg.executor.model_dump(), **overrides},
+                                              "executor", "(--workers/--executor/--address)"))
+
+
+def _assign(cfg: ExperimentConfig, name: str, section: Any) -> None:
+    """Set a section given on the command line, with the checks across sections (e.g. pbt runs its own
+    workers) as one-paragraph errors."""
     try:
-        cfg.executor = section
-    except ValidationError as e:  # checks across sections, e.g. pbt runs its own workers
+        setattr(cfg, name, section)
+    except ValidationError as e:
         raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
@@ -272,8 +277,8 @@ def select(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
         options = {"top_k": top_k, "rule": rule,
                    "seeds": [s.strip() for s in seeds.split(",")] if seeds is not None else None}
         base = cfg.select.model_dump() if cfg.select else {}
-        cfg.select = validate_section(SelectConfig, {**base, **{k: v for k, v in options.items() if v is not None}},
-                                      "select")
+        _assign(cfg, "select", validate_section(
+            SelectConfig, {**base, **{k: v for k, v in options.items() if v is not None}}, "select"))
         st = load_study(cfg.storage, cfg.study_name)
         quiet_libraries()
         with _step_bar("selection") as on_step:

@@ -21,6 +21,7 @@ _M = TypeVar("_M", bound=BaseModel)
 METRICS_TO_MAXIMIZE = ("exact_match", "token_f1", "tokens_per_second")
 METRICS_TO_MINIMIZE = ("eval_loss", "perplexity", "train_loss", "train_seconds")
 METRICS = METRICS_TO_MAXIMIZE + METRICS_TO_MINIMIZE
+TEST_METRICS = ("eval_loss", "perplexity", "exact_match", "token_f1")  # what an evaluation of a split measures
 
 
 class _Strict(BaseModel):
@@ -523,6 +524,32 @@ class ExperimentConfig(_Strict):
         if self.search.strategy == "pbt" and (self.executor.workers is not None or self.executor.type == "ray"):
             raise ValueError("executor: search.strategy pbt trains its population in search.pbt.workers local "
                              "processes; remove executor.workers / executor.type ray (or --workers/--executor)")
+        return self
+
+    @model_validator(mode="after")
+    def _pbt_members_train_alike(self) -> ExperimentConfig:
+        """Members are compared and copied segment by segment, so they all train the same number of steps."""
+        if self.search.strategy != "pbt":
+            return self
+        varied = sorted({"max_steps", "num_train_epochs"} & set(self.search.space))
+        if varied:
+            raise ValueError(f"search.space.{varied[0]}: population-based training trains every member for the "
+                             "same train.max_steps; remove it from the space")
+        if self.train.max_steps <= 0:
+            raise ValueError("train.max_steps: population-based training needs a run length in optimizer steps "
+                             "(set train.max_steps > 0; epochs would give members of other batch sizes other "
+                             "lengths)")
+        if self.select is not None:
+            raise ValueError("select: the selection phase re-trains static configs, and a PBT member's model "
+                             "comes from a schedule of hyperparameters; remove select with search.strategy pbt")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_scores_test_metrics(self) -> ExperimentConfig:
+        if self.select is not None and self.objective.metric not in TEST_METRICS:
+            raise ValueError(f"select: the selection phase scores configs on the test split, where "
+                             f"{self.objective.metric!r} is not measured; use objective.metric one of "
+                             f"{list(TEST_METRICS)}, or remove select")
         return self
 
     @field_validator("storage")

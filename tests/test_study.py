@@ -12,6 +12,8 @@ from lmtune import Study, tune
 from lmtune.config import validate_config
 from lmtune.errors import ConfigError
 from lmtune.results import best_config, compare, load_study, study_cost
+from lmtune.train.trainer import TrainResult
+from lmtune.trial import keep_best_model
 
 
 def test_study_stores_params_metrics_curve_cost_and_baseline(tmp_path):
@@ -51,6 +53,26 @@ def test_only_the_best_model_is_kept_and_it_reproduces_its_validation_loss(tmp_p
 
     loss = Trainer(cfg.model, cfg.data, cfg.train).setup().evaluate()["eval_loss"]
     assert loss == pytest.approx(study.best_trial.value, rel=1e-5)
+
+
+def test_a_better_trial_after_a_selection_replaces_it(tmp_path):
+    """A study resumed after `lmtune select` that finds a better trial keeps that trial's model, so the old
+    selection (whose winner's model is gone) no longer decides best.yaml or the export."""
+    class SavingTrainer:  # keep_best_model only asks the trainer to save itself
+        def save(self, path, result):
+            path.mkdir(parents=True)
+            (path / "model.safetensors").write_text(str(result.metrics))
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="minimize")
+    study.add_trial(optuna.trial.create_trial(value=1.0, params={}, distributions={}))
+    study.set_user_attr("selection", {"winner": 0, "candidates": []})
+    study.set_user_attr("best_model", {"trial": 0, "metrics": {"eval_loss": 1.0}})
+    best = tmp_path / "best-model"
+    keep_best_model(study, SavingTrainer(), TrainResult({"eval_loss": 2.0}), 1, best, "eval_loss")
+    assert study.user_attrs["selection"] and not best.exists()  # a worse trial changes nothing
+    keep_best_model(study, SavingTrainer(), TrainResult({"eval_loss": 0.5}), 2, best, "eval_loss")
+    assert study.user_attrs["selection"] is None and study.user_attrs["best_model"]["trial"] == 2
+    assert "0.5" in (best / "model.safetensors").read_text()
 
 
 def test_rerun_resumes_and_counts_trials_already_done(tmp_path):

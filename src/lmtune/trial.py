@@ -178,6 +178,8 @@ def keep_best_model(study: optuna.Study, trainer: Trainer, result: TrainResult, 
         tmp.rename(path)
         study.set_user_attr("best_model", {"trial": trial_number, "dir": str(path.resolve()),
                                            "metrics": {k: v for k, v in result.metrics.items() if k != "step"}})
+        if study.user_attrs.get("selection"):  # its winner's model is gone and a better trial is not in it
+            study.set_user_attr("selection", None)
 
 
 def run_segment(cfg: ExperimentConfig, job: SegmentJob, tokenizer: Any, prepared: PreparedData,
@@ -259,11 +261,21 @@ def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective,
             callbacks: Iterable[Callback] = ()) -> list[Member]:
     """Population-based training on the study: the baseline runs first as an ordinary trial (seen by
     `callbacks`), then the population; the best member's model is saved with save_pretrained and every
-    checkpoint is removed."""
-    if any("pbt_member" in t.user_attrs for t in study.trials):
-        return []  # this study's population has run; a half-run population is not resumed
-    if study.baseline is not None:
-        study.optimize(objective, n_trials=1, callbacks=callbacks)
+    checkpoint is removed. A population cut short (Ctrl-C, a killed process) leaves members RUNNING: the next
+    run marks them failed and trains a new population from scratch (members are not resumed mid-schedule)."""
+    ran = [t for t in study.trials if "pbt_member" in t.user_attrs]
+    cut_short = [t for t in ran if t.state == optuna.trial.TrialState.RUNNING]
+    if ran and not cut_short:
+        return []  # this study's population has run
+    for t in cut_short:
+        study.optuna._storage.set_trial_user_attr(
+            t._trial_id, "fail_reason", "interrupted: the run stopped before this PBT member finished; the next "
+            "run trained a new population")
+        study.optuna._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    base = study.baseline_trial
+    if study.baseline is not None and (base is None or base.state == optuna.trial.TrialState.WAITING):
+        # The baseline runs as the one trial before the population (members would otherwise take its slot).
+        study.optimize(objective, n_trials=study.n_finished + 1, callbacks=callbacks)
     p = cfg.search.pbt
     workdir = Path(p.checkpoint_dir) if p.checkpoint_dir else run_dir(cfg) / "pbt"
     pbt = PopulationBasedTraining(study.space, MUTABLE_HPARAMS, p.population_size, p.segment_steps, p.quantile,
@@ -274,15 +286,18 @@ def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective,
                           maximize=cfg.objective.direction == "maximize")
     finally:
         runner.close()
-    finished = [m for m in members if m.score is not None]
+    finished = [m for m in members if m.score is not None and math.isfinite(m.score)]
     if finished:
         sign = 1 if cfg.objective.direction == "maximize" else -1
-        best = max(finished, key=lambda m: sign * m.score if m.score == m.score else -float("inf"))
-        out = export_member(cfg, best, run_dir(cfg) / "best-model", objective)
-        study.optuna.set_user_attr("pbt", {"best_member": best.id, "best_trial": best.trial.number,
-                                           "best_model_dir": str(out.resolve())})
-        study.optuna.set_user_attr("best_model", {"trial": best.trial.number, "dir": str(out.resolve()),
-                                                  "metrics": best.metrics})
+        best = max(finished, key=lambda m: sign * m.score)  # type: ignore[operator]
+        info: dict[str, Any] = {"best_member": best.id, "best_trial": best.trial.number}
+        kept = (study.optuna.user_attrs.get("best_model") or {}).get("metrics", {}).get(cfg.objective.metric)
+        if kept is None or sign * best.score >= sign * kept:  # else the baseline's model stays the best
+            out = export_member(cfg, best, run_dir(cfg) / "best-model", objective)
+            info["best_model_dir"] = str(out.resolve())
+            study.optuna.set_user_attr("best_model", {"trial": best.trial.number, "dir": info["best_model_dir"],
+                                                      "metrics": best.metrics})
+        study.optuna.set_user_attr("pbt", info)
     for m in members:
         shutil.rmtree(workdir / f"member-{m.id}", ignore_errors=True)
     return members
@@ -295,6 +310,7 @@ def export_member(cfg: ExperimentConfig, member: Member, out: Path, objective: F
                       prepared=prepared, tokenizer=tokenizer).setup()
     assert member.checkpoint is not None
     trainer.load_state(member.checkpoint)
+    shutil.rmtree(out, ignore_errors=True)  # the baseline's model (a full model beside an adapter) goes
     trainer.save(out, TrainResult(metrics=member.metrics, steps=member.step, planned_steps=trainer.total_steps))
     (out / "pbt_schedule.json").write_text(json.dumps({"schedule": member.schedule, "lineage": member.lineage},
                                                       indent=2, default=str))

@@ -16,7 +16,7 @@ from lmtune.cli import app
 from lmtune.config import load_config, validate_config
 from lmtune.errors import LmtuneError
 from lmtune.results import compare, load_study, write_comparison
-from lmtune.select import run_selection
+from lmtune.select import _decide, run_selection
 from lmtune.train.trainer import Trainer
 
 
@@ -73,6 +73,8 @@ def test_a_candidate_that_diverges_on_one_seed_is_left_out_not_fatal(tmp_path, m
     assert list(failed["per_seed"]) == ["0"]  # the seed that trained is kept
     assert [r["trial"] for r in sel["candidates"]] == [study.trials[0].number] == [sel["winner"]]
     assert any(f"trial {tuned.number} left out" in f for f in sel["flags"])
+    assert sel["search_winner"] == tuned.number  # the search's best, though it failed a seed
+    assert any(f"the search winner (trial {tuned.number}) is not the robust winner" in f for f in sel["flags"])
     assert tune(cfg).optuna.user_attrs["selection"] == sel
 
     monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, mb: (float("nan"), 0))
@@ -96,6 +98,38 @@ def test_verdict_when_the_baseline_failed_in_selection_and_the_winner_is_worse_o
     assert not comp.improved
     assert comp.verdict.startswith("the tuned trial 1 does not beat the baseline on validation: eval_loss 1 -> 1.2")
     assert "the baseline was left out of the selection phase (diverged: training loss is nan" in comp.verdict
+
+
+@pytest.mark.parametrize("seeds", [["0"], ["0", "1"]])
+def test_overfitting_is_flagged_against_a_seed_spread_only(seeds):
+    rows = [{"trial": 1, "baseline": False, "test_mean": 0.5, "test_std": 0.01, "gap": 0.1,
+             "per_seed": dict.fromkeys(seeds, {})}]
+    flags = _decide(rows, "exact_match", maximize=True, rule="mean", search_winner=1)["flags"]
+    assert any("being overfitted" in f for f in flags) == (len(seeds) > 1)
+
+
+def _judged_study(selection: dict) -> optuna.Study:
+    """A baseline (trial 0) and a tuned trial (1) of a maximised metric, with a stored selection."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("metric", "exact_match")
+    for value, attrs in ((0.7, {"baseline": True}), (0.75, {})):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={**attrs, "metrics": {
+            "exact_match": value}}, params={}, distributions={}))
+    study.set_user_attr("selection", {"winner": 1, "failed": [], **selection})
+    return study
+
+
+@pytest.mark.parametrize(("rule", "tuned_mean", "verdict"), [
+    ("mean", 0.82, "tuned beats the baseline on test data: exact_match 0.8 -> 0.82 (+0.02)"),
+    ("pessimistic", 0.78, "tuned does not beat the baseline's mean on test data: exact_match 0.8 -> 0.78 (-0.02), "
+                          "trial 1; the pessimistic rule (mean one std towards worse) chose it for its smaller "
+                          "seed spread (0.01 against 0.05)"),
+    ("mean", 0.8, "tuned does not beat the baseline's mean on test data: exact_match 0.8 -> 0.8 (+0), trial 1")])
+def test_test_verdict_follows_the_test_means(rule, tuned_mean, verdict):
+    comp = compare(_judged_study({"rule": rule, "candidates": [
+        {"trial": 0, "test_mean": 0.8, "test_std": 0.05, "per_seed": {"0": {}, "1": {}}},
+        {"trial": 1, "test_mean": tuned_mean, "test_std": 0.01, "per_seed": {"0": {}, "1": {}}}]}))
+    assert comp.verdict.startswith(verdict) and comp.improved == verdict.startswith("tuned beats")
 
 
 def test_baseline_vs_tuned_table_files(tmp_path):

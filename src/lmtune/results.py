@@ -151,17 +151,23 @@ def compare(study: optuna.Study) -> Comparison | None:
     if tuned.number == base.number:
         where = "on test data" if test else f"({metric} = {base.value:.4g})"
         return Comparison(rows, f"the baseline is already the best configuration {where}", False)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     if test and base.number in test:
         b, t = test[base.number]["test_mean"], test[tuned.number]["test_mean"]
-        return Comparison(rows, f"tuned beats the baseline on test data: {metric} {b:.4g} -> {t:.4g} "
-                                f"({t - b:+.4g}), trial {tuned.number}", True)
+        change = f"{metric} {b:.4g} -> {t:.4g} ({t - b:+.4g}), trial {tuned.number}"
+        if t > b if maximize else t < b:
+            return Comparison(rows, f"tuned beats the baseline on test data: {change}", True)
+        why = (f"; the pessimistic rule (mean one std towards worse) chose it for its smaller seed spread "
+               f"({test[tuned.number]['test_std']:.3g} against {test[base.number]['test_std']:.3g})"
+               if selection and selection.get("rule") == "pessimistic" and t != b else "")
+        return Comparison(rows, f"tuned does not beat the baseline's mean on test data: {change}{why}", False)
     failed = {f["trial"]: f for f in (selection or {}).get("failed", [])}
     note = ""
     if base.number in failed:
         note = (f"; the baseline was left out of the selection phase "
                 f"({next(iter(failed[base.number]['errors'].values()))})")
     gain = tuned.value - base.value if tuned.value is not None else 0.0
-    if gain > 0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else gain < 0:
+    if gain > 0 if maximize else gain < 0:
         return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {tuned.value:.4g} "
                                 f"({gain:+.4g}), trial {tuned.number}{note}", True)
     return Comparison(rows, f"the tuned trial {tuned.number} does not beat the baseline on validation: {metric} "

@@ -77,7 +77,8 @@ def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTun
     metric, maximize = cfg.objective.metric, cfg.objective.direction == "maximize"
     workdir = run_dir(cfg) / "selection"
     rows, failed = [], []
-    for cand in candidates(study, sel.top_k, sel.include_baseline):
+    cands = candidates(study, sel.top_k, sel.include_baseline)
+    for cand in cands:
         per_seed, errors = {}, {}
         for seed in sel.seeds:
             train_cfg = trial_train_config(cfg.train, {**cand.hparams, "seed": seed, "output_dir": None})
@@ -105,7 +106,9 @@ def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTun
         raise LmtuneError(f"every candidate of the selection phase failed on some seed ({reasons}); the search "
                           "results are kept: lower the learning rates searched or the micro-batch, then run "
                           "`lmtune select` again")
-    report = _decide(rows, metric, maximize, sel.rule)
+    tuned = [c for c in cands if not c.is_baseline] or cands
+    search_winner = max(tuned, key=lambda c: (1 if maximize else -1) * (c.search_value or 0.0)).trial
+    report = _decide(rows, metric, maximize, sel.rule, search_winner)
     report["failed"] = failed
     report["flags"] += [f"trial {f['trial']} left out of the selection: it failed on seed "
                         f"{', '.join(f['errors'])} ({next(iter(f['errors'].values()))}), so it is not robust"
@@ -139,7 +142,10 @@ def _summarise(cand: Candidate, per_seed: dict[str, dict], metric: str, maximize
             "validation_mean": v_mean, "gap": gap}
 
 
-def _decide(rows: list[dict[str, Any]], metric: str, maximize: bool, rule: str) -> dict[str, Any]:
+def _decide(rows: list[dict[str, Any]], metric: str, maximize: bool, rule: str,
+            search_winner: int) -> dict[str, Any]:
+    """The robust winner among the configs that trained on every seed, and the flags a user should read.
+    `search_winner` is the best trial by search value, whether or not it survived the re-training."""
     sign = 1 if maximize else -1
 
     def robust(r: dict[str, Any]) -> float:
@@ -149,17 +155,16 @@ def _decide(rows: list[dict[str, Any]], metric: str, maximize: bool, rule: str) 
     for r in rows:
         r["score"] = robust(r) * sign
     winner = max(rows, key=robust)
-    tuned = [r for r in rows if not r["baseline"]] or rows
-    search_winner = max(tuned, key=lambda r: sign * (r["search_value"] or 0.0))
+    n_seeds = len(rows[0]["per_seed"])
     flags = []
-    if search_winner["trial"] != winner["trial"]:
-        flags.append(f"the search winner (trial {search_winner['trial']}) is not the robust winner "
-                     f"(trial {winner['trial']}) on test data with {len(rows[0]['per_seed'])} seeds")
-    for r in rows:
-        if r["gap"] > max(r["test_std"], 1e-12):
+    if search_winner != winner["trial"]:
+        flags.append(f"the search winner (trial {search_winner}) is not the robust winner "
+                     f"(trial {winner['trial']}) on test data with {n_seeds} seeds")
+    for r in rows:  # one seed has no spread to compare the gap with
+        if n_seeds > 1 and r["gap"] > max(r["test_std"], 1e-12):
             flags.append(f"trial {r['trial']}: validation {metric} exceeds test by {r['gap']:.4g}, more than "
                          f"the seed spread ({r['test_std']:.4g}): the validation set is being overfitted")
     if winner["baseline"]:
         flags.append("the baseline is the robust winner: tuning did not beat it on test data")
-    return {"metric": metric, "rule": rule, "winner": winner["trial"], "search_winner": search_winner["trial"],
+    return {"metric": metric, "rule": rule, "winner": winner["trial"], "search_winner": search_winner,
             "candidates": rows, "flags": flags}

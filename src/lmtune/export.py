@@ -39,6 +39,14 @@ def training_arguments(train: TrainConfig, output_dir: str) -> tuple[dict[str, A
         args["optim_args"] = f"momentum={train.momentum}" + (
             f",eps={train.adam_epsilon}" if train.optim == "rmsprop" else "")
     extra: dict[str, Any] = {}
+    if train.optim == "adafactor":
+        # torch's Adafactor (what lmtune trains with) scales each step by the parameter's RMS; HF's
+        # optim="adafactor" turns that off, so the tuned learning rate would mean another step size there.
+        extra["optimizer"] = {
+            "class": "torch.optim.Adafactor",
+            "kwargs": {"lr": train.learning_rate, "weight_decay": train.weight_decay},
+            "use": "Trainer(..., optimizer_cls_and_kwargs=(torch.optim.Adafactor, kwargs)): HF's "
+                   "optim='adafactor' takes an unscaled step, so the tuned learning_rate does not carry over to it"}
     if train.lr_scheduler_type == "step":
         extra["no_hf_equivalent"] = {"lr_scheduler_type": "step", "lr_step_gamma": train.lr_step_gamma,
                                      "lr_step_milestones": train.lr_step_milestones}

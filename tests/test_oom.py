@@ -121,3 +121,26 @@ def test_only_memory_errors_count_as_oom():
     assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_an_evaluation_out_of_memory_halves_the_eval_batch_and_a_failed_trial_keeps_its_cost(tmp_path, monkeypatch):
+    """Evaluation (no gradients) above `limit` rows runs out of memory: the retry halves the evaluation batch
+    too. When every evaluation runs out, the failed trial's cost counts the steps each attempt trained."""
+    forward, limit = LlamaForCausalLM.forward, {"rows": 4}
+
+    def evaluation_in_small_memory(self, input_ids=None, **kwargs):
+        if not torch.is_grad_enabled() and input_ids.shape[0] > limit["rows"]:
+            _cpu_allocator_failure()
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", evaluation_in_small_memory)
+    cfg = small_config(tmp_path / "a", search={"n_trials": 1, "oom_retries": 1},
+                       train={"per_device_eval_batch_size": 8})
+    (trial,) = tune(cfg).trials
+    assert trial.state == TrialState.COMPLETE and len(trial.user_attrs["oom_attempts"]) == 1
+    assert trial.user_attrs["hparams"]["per_device_eval_batch_size"] == 4
+    limit["rows"] = 0
+    (failed,) = tune({**cfg, "storage": f"sqlite:///{tmp_path / 'b.db'}"}).trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("oom:")
+    # Two attempts, each trained to its first evaluation (step 6 of 12) before it ran out.
+    assert failed.user_attrs["cost"]["steps"] == 12 and failed.user_attrs["cost"]["fte"] == 1.0

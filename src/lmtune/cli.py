@@ -321,8 +321,8 @@ def export_(config: OptConfigArg = None, storage: StorageOpt = None, study: Stud
         console.print(f"written: {', '.join(map(str, files))}", highlight=False)
         if len(files) > 1:
             console.print(f"{files[1]} holds what TrainingArguments has no field for (LoRA config, model dropout, "
-                          "early stopping callback, the Adafactor optimizer, lmtune-only knobs) and the tuned model's directory",
-                          highlight=False)
+                          "early stopping callback, the Adafactor optimizer, lmtune-only knobs) and the tuned "
+                          "model's directory", highlight=False)
     except LmtuneError as e:
         _fail(e)
 

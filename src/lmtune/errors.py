@@ -27,4 +27,7 @@ class DivergedError(LmtuneError):
 
 
 class OutOfMemoryError(LmtuneError):
-    """A trial ran out of memory even after its micro-batch was halved as often as allowed."""
+    """A trial ran out of memory even after its micro-batch was halved as often as allowed. `result` is a
+    TrainResult summing what every attempt trained before it ran out, so the failure's cost is counted."""
+
+    result: Any = None

@@ -78,7 +78,7 @@ class FineTuneObjective:
         try:
             trainer = train_fitting_memory(train_cfg, cfg.search.oom_retries, make_trainer,
                                            on_oom=lambda attempts: ctx.set("oom_attempts", attempts))
-        except DivergedError as e:
+        except (DivergedError, OutOfMemoryError) as e:
             ctx.set("cost", cost_of(e.result))
             raise
         result = trainer.result
@@ -100,6 +100,7 @@ def train_fitting_memory(train_cfg: TrainConfig, retries: int, make_trainer: Cal
     micro-batch and twice the accumulation, up to `retries` times, then raise OutOfMemoryError ("oom: ...").
     `on_oom` sees the failed attempts so far. Any other error, a diverged loss included, goes up at once."""
     attempts: list[dict[str, Any]] = []
+    spent = TrainResult(metrics={})  # what the attempts that ran out of memory trained
     while True:
         trainer = make_trainer(train_cfg)
         try:
@@ -112,16 +113,23 @@ def train_fitting_memory(train_cfg: TrainConfig, retries: int, make_trainer: Cal
             if not is_out_of_memory(e):
                 raise
             error = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        del trainer
+        done = getattr(trainer, "result", None)  # None: out of memory before the first step (loading)
+        if done is not None:
+            spent.planned_steps = done.planned_steps
+            for key in ("steps", "tokens", "flops", "train_seconds"):
+                setattr(spent, key, getattr(spent, key) + getattr(done, key))
+        del trainer, done
         free_memory()
         attempts.append({"per_device_train_batch_size": train_cfg.per_device_train_batch_size,
                          "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps, "error": error})
         on_oom(attempts)
         if len(attempts) > retries or train_cfg.per_device_train_batch_size == 1:
-            raise OutOfMemoryError(
+            err = OutOfMemoryError(
                 f"oom: out of memory at per_device_train_batch_size={train_cfg.per_device_train_batch_size} "
                 f"after {len(attempts) - 1} retries with half the micro-batch ({error}); lower "
                 "per_device_train_batch_size or data.max_length, or raise search.oom_retries")
+            err.result = spent
+            raise err
         train_cfg = halve_micro_batch(train_cfg)
 
 
@@ -136,9 +144,11 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def halve_micro_batch(cfg: TrainConfig) -> TrainConfig:
     """Half the micro-batch, twice the accumulation: the same effective batch (exactly so for an even
-    micro-batch), so the retry tunes the same hyperparameters in less memory."""
+    micro-batch), so the retry tunes the same hyperparameters in less memory. The evaluation batch is halved
+    too: an evaluation can be what ran out of memory."""
     return cfg.model_copy(update={"per_device_train_batch_size": cfg.per_device_train_batch_size // 2,
-                                  "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2})
+                                  "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2,
+                                  "per_device_eval_batch_size": max(1, cfg.per_device_eval_batch_size // 2)})
 
 
 def free_memory() -> None:

@@ -121,10 +121,11 @@ def test_pbt_report_shows_lineage_and_schedules(tmp_path):
 def _fake_selection(study: optuna.Study) -> dict:
     """A selection record shaped like lmtune.select's, without re-training (that phase has its own tests)."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE][:2]
+    cost = {"steps": 10, "fte": 1.0, "wall_seconds": 2.0}
     cands = [{"trial": t.number, "baseline": i == 0, "search_value": t.value, "validation_mean": t.value,
               "test_mean": t.value + 0.1, "test_std": 0.01, "gap": 0.1, "score": t.value + 0.1,
-              "per_seed": {"0": {"validation": {"loss": t.value}, "test": {"loss": t.value + 0.09}},
-                           "1": {"validation": {"loss": t.value}, "test": {"loss": t.value + 0.11}}}}
+              "per_seed": {"0": {"validation": {"loss": t.value}, "test": {"loss": t.value + 0.09}, "cost": cost},
+                           "1": {"validation": {"loss": t.value}, "test": {"loss": t.value + 0.11}, "cost": cost}}}
              for i, t in enumerate(done)]
     return {"metric": "loss", "rule": "mean", "winner": done[-1].number, "search_winner": done[-1].number,
             "candidates": cands, "flags": ["trial <1>: validation loss exceeds test"]}
@@ -151,6 +152,7 @@ def test_small_study_degrades_gracefully_and_escapes_user_strings(tmp_path):
     page = build_report(study, tmp_path / "more.html").read_text()
     assert 'id="plot-importance"' in page and '<section id="selection">' in page and 'id="plot-selection"' in page
     assert "trial &lt;1&gt;: validation loss exceeds test" in page
+    assert "4 re-training runs, 4 FTE, 8 s, on top of the budget used" in page
 
 
 def test_pareto_front():

@@ -15,7 +15,7 @@ from lmtune import tune
 from lmtune.cli import app
 from lmtune.config import load_config, validate_config
 from lmtune.errors import LmtuneError
-from lmtune.results import compare, load_study, write_comparison
+from lmtune.results import compare, load_study, selection_cost, write_comparison
 from lmtune.select import _decide, run_selection
 from lmtune.train.trainer import Trainer
 
@@ -39,6 +39,9 @@ def test_selection_retrains_top_configs_with_seeds_on_test(tmp_path):
     assert sel["winner"] in (rows[0]["trial"], rows[1]["trial"])
     assert sel["winner"] == min(rows, key=lambda r: r["test_mean"])["trial"]  # eval_loss: lower wins
     assert all(isinstance(f, str) for f in sel["flags"])
+    assert selection_cost(study.optuna) == pytest.approx(
+        {"runs": 4, "steps": 48, "fte": 4.0, "wall_seconds": sum(
+            s["cost"]["wall_seconds"] for r in rows for s in r["per_seed"].values())})
     # The winner's model is the kept one, and it reproduces its seed-0 validation loss.
     kept = study.optuna.user_attrs["best_model"]
     assert kept["trial"] == sel["winner"] and kept["selected"]

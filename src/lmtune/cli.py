@@ -27,6 +27,7 @@ from lmtune.results import (
     compare,
     load_study,
     metric_of,
+    selection_cost,
     study_cost,
     write_comparison,
 )
@@ -93,6 +94,10 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
             console.print(f"comparison table written to {', '.join(map(str, files))}")
     console.print(f"study cost: {int(cost['trials'])} trials, {int(cost['steps'])} optimizer steps, "
                   f"{cost['fte']:.2f} FTE, {cost['wall_seconds']:.0f} s")
+    extra = selection_cost(study)
+    if extra:
+        console.print(f"selection cost: {extra['runs']} re-training runs, {extra['fte']:.2f} FTE, "
+                      f"{extra['wall_seconds']:.0f} s (on top of the study's)")
     if output is not None and study.user_attrs.get("config"):
         output.write_text(yaml.safe_dump(best_config(study), sort_keys=False))
         console.print(f"best config written to {output}")

@@ -57,6 +57,16 @@ def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
     return total
 
 
+def selection_cost(study: optuna.Study) -> dict[str, float] | None:
+    """What the stored selection phase's re-training cost, on top of the trials (None: no selection)."""
+    selection = study.user_attrs.get("selection")
+    if not selection:
+        return None
+    runs = [s["cost"] for r in selection["candidates"] + selection.get("failed", [])
+            for s in r["per_seed"].values() if "cost" in s]
+    return {"runs": len(runs), **{k: sum(c.get(k, 0.0) for c in runs) for k in ("steps", "fte", "wall_seconds")}}
+
+
 def trial_status(t: FrozenTrial) -> str:
     """How a trial ended, in words: complete, early stopped, pruned, failed, or running."""
     if t.state == TrialState.PRUNED:

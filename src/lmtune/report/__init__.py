@@ -23,7 +23,16 @@ from lmtune import __version__
 from lmtune.errors import LmtuneError
 from lmtune.report import _figures as F
 from lmtune.report._html import Section, esc, fmt, page, table
-from lmtune.results import BASELINE_ATTR, best_trial, compare, cost_of, metric_of, study_cost, trial_status
+from lmtune.results import (
+    BASELINE_ATTR,
+    best_trial,
+    compare,
+    cost_of,
+    metric_of,
+    selection_cost,
+    study_cost,
+    trial_status,
+)
 
 __all__ = ["ReportError", "build_report"]
 
@@ -178,6 +187,9 @@ def _summary(st: optuna.Study, trials: list[FrozenTrial]) -> Section:
                         f"{cost['wall_seconds'] / 3600:.3g} device-hours ({cost['wall_seconds']:.0f} s), "
                         f"{int(cost['steps'])} optimizer steps, {int(cost['tokens'])} training tokens"),
         ("budget set", ", ".join(limits) or "–"),
+        *([("selection phase cost", f"{sel['runs']} re-training runs, {sel['fte']:.3g} FTE, "
+                                    f"{sel['wall_seconds']:.0f} s, on top of the budget used")]
+          if (sel := selection_cost(st)) else []),
         ("ran", f"{min(starts):%Y-%m-%d %H:%M} – {max(ends):%Y-%m-%d %H:%M}" if starts and ends else "–"),
         ("best trial", f"trial {best.number}: {metric} = {fmt(best.value)}" if best else "no completed trial"),
     ]

@@ -82,6 +82,8 @@ def test_rerun_resumes_and_counts_trials_already_done(tmp_path):
     study = tune(cfg)
     assert len(study.trials) == 5
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1  # baseline enqueued once
+    # The resumed random search proposes new points, not the ones its first run already trained.
+    assert len({t.params["learning_rate"] for t in study.trials}) == 5
     assert len(tune(cfg).trials) == 5  # budget reached: nothing more runs
 
 

@@ -164,10 +164,15 @@ class Study:
         self.baseline = dict(baseline) if baseline is not None else None
         self.storage_url = storage
         sampler_name, self.pruner = resolve(strategy, pruner)
-        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
         pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource)
         storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
+        resumed = existing[study_name].n_trials if study_name in existing else 0
+        if seed is not None and resumed:
+            # The same seed would replay the proposals already run (random search, TPE's startup trials):
+            # a resumed study seeds its sampler with the seed and the number of trials it holds.
+            seed = (seed * 1_000_003 + resumed) % 2**31
+        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "

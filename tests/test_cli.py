@@ -40,7 +40,9 @@ def test_run_then_status_and_best(tmp_path, monkeypatch):
     assert res.exit_code == 0 and (tmp_path / "b2.yaml").is_file()
     # More trials on the same study: it resumes.
     res = runner.invoke(app, ["run", str(cfg), "--quiet", "--n-trials", "4"])
-    assert res.exit_code == 0 and "study cost: 4 trials" in res.output
+    assert res.exit_code == 0 and "study cost: 4 trials" in res.output and "nothing to run" not in res.output
+    res = runner.invoke(app, ["run", str(cfg), "--quiet", "--n-trials", "4"])  # the budget is spent: said so
+    assert res.exit_code == 0 and "nothing to run: study 'test' has spent its budget (4 finished" in res.output
 
 
 def test_user_jsonl_and_saved_model_dir(tmp_path):

@@ -179,3 +179,25 @@ def test_reopening_with_another_objective_is_refused(tmp_path):
     except ConfigError as e:
         assert "secret" not in str(e)
     assert optuna.load_study(study_name="s", storage=url).user_attrs["metric"] == "loss"
+
+
+def test_an_interrupted_trial_is_queued_again_and_not_counted(tmp_path):
+    """Ctrl-C in the baseline: it fails with the reason, waits to run again with the baseline's values, and the
+    next run trains it and counts it once; the comparison then uses the completed baseline."""
+    def study() -> Study:
+        return Study("s", f"sqlite:///{tmp_path / 's.db'}", space={"x": {"low": 0.0, "high": 1.0}},
+                     strategy="random", metric="loss", direction="minimize", baseline={"x": 0.5})
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study().optimize(interrupted, n_trials=3)
+    s = study()
+    (cut, queued) = s.trials
+    assert cut.state == TrialState.FAIL and cut.user_attrs["fail_reason"].startswith("interrupted")
+    assert queued.state == TrialState.WAITING and queued.user_attrs["baseline"] and queued.params == {"x": 0.5}
+    s.optimize(lambda ctx: {"loss": ctx.params["x"]}, n_trials=3)
+    assert [t.state for t in s.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert s.baseline_trial.number == 1 and s.trials[1].params == {"x": 0.5}
+    assert compare(s.optuna).rows[-3] == ("validation loss", 0.5, s.best_trial.value)

@@ -100,11 +100,13 @@ def _crash_config(tmp_path: Path) -> Path:
                         executor={"heartbeat_interval": 1, "grace_period": 4})
 
 
-def _worker_mid_trial(cfg: Path, storage: str) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial, list[int]]:
-    """`lmtune worker` started on `cfg`, once its first trial is training in the trial's own process: the
-    worker, that trial, and the worker's descendants (its trial server first, then the trial's process)."""
+def _worker_mid_trial(cfg: Path, storage: str, *command: str) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial,
+                                                                       list[int]]:
+    """`lmtune worker` (or `command`) started on `cfg`, once a trial is training in the trial's own process:
+    the process, that trial, and its descendants (for a worker: its trial server first, then the trial's)."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    worker = subprocess.Popen([sys.executable, "-m", "lmtune", "worker", str(cfg), "--index", "0"], env=env,
+    args = command or ("worker", str(cfg), "--index", "0")
+    worker = subprocess.Popen([sys.executable, "-m", "lmtune", *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and worker.poll() is None:
@@ -130,12 +132,7 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     try:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        for _ in range(100):  # the server and the trial's child die with their worker (PR_SET_PDEATHSIG)
-            if not any(Path(f"/proc/{c}").exists() for c in children):
-                break
-            time.sleep(0.1)
-        assert not any(Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()
-                       for c in children)
+        _assert_gone(children)  # the server and the trial's child die with their worker (PR_SET_PDEATHSIG)
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -149,6 +146,47 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
     assert len(trials) == 4  # three counted trials plus the killed one
+
+
+def _assert_gone(pids: list[int]) -> None:
+    def alive(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status")
+        try:
+            return "zombie" not in status.read_text()
+        except FileNotFoundError:
+            return False
+
+    for _ in range(300):
+        if not any(alive(p) for p in pids):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"still running: {[p for p in pids if alive(p)]}")
+
+
+def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials(tmp_path: Path) -> None:
+    """SIGINT to `lmtune run --workers 2` alone (not its process group): the workers and their trials stop,
+    each interrupted trial is failed and queued again, and the next run completes the budget counting it once."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = _crash_config(tmp_path)
+    best = str(tmp_path / "best.yaml")
+    run, victim, descendants = _worker_mid_trial(cfg, storage, "run", str(cfg), "--workers", "2", "-o", best)
+    try:
+        run.send_signal(signal.SIGINT)
+        output = run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
+    _assert_gone(descendants)
+    trials = optuna.load_study(study_name="test", storage=storage).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    cut = [t for t in trials if t.state == TrialState.FAIL]
+    assert victim.number in {t.number for t in cut}
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in cut)
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut)
+    lmtune("run", str(cfg), "--quiet", "-o", best)
+    assert len(assert_complete(storage, 3)) == 3 + len(cut)
 
 
 def test_worker_whose_trial_server_dies_stops_with_a_reason(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -125,6 +126,7 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         if timeout is not None:
             _override(cfg.search, "timeout", timeout, "--timeout")
         _set_executor(cfg, workers, executor, address)
+        started = datetime.now()  # Optuna stamps trials with naive local times
         if quiet:
             result = tune(cfg)
         elif console.is_terminal:
@@ -133,9 +135,18 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         else:
             result = tune(cfg, callbacks=[log_trial(console)])
         console.print(trials_table(result.optuna, title=f"study {result.name}"))
+        if not any(t.datetime_start and t.datetime_start >= started for t in result.trials):
+            console.print(f"[yellow]nothing to run:[/] study {result.name!r} has spent its budget "
+                          f"({result.n_finished} finished trials, n_trials = {cfg.search.n_trials}); raise "
+                          "--n-trials to run more, use another study_name for a new study, or `lmtune train "
+                          "best.yaml` to train the best config once", highlight=False)
         print_best(result.optuna, output)
     except LmtuneError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted:[/] trials that were running are marked failed and queued to run "
+                          "again, not counted; `lmtune run` on this config resumes the study", highlight=False)
+        raise typer.Exit(130) from None
 
 
 def _set_executor(cfg: ExperimentConfig, workers: int | None, executor: str | None, address: str | None) -> None:

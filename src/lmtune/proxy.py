@@ -36,11 +36,17 @@ from lmtune.config import (
 )
 from lmtune.errors import LmtuneError
 from lmtune.results import BASELINE_ATTR, cost_of
-from lmtune.study import OVERRIDES_ATTR, Callback, Study, default_startup_trials, open_tuning_study, run_trials
+from lmtune.study import (
+    OVERRIDES_ATTR,
+    TRANSFER_ATTR,
+    Callback,
+    Study,
+    default_startup_trials,
+    open_tuning_study,
+    run_trials,
+)
 from lmtune.train.data import load_splits
 from lmtune.train.model import load_tokenizer, resolve_path
-
-TRANSFER_ATTR = "transferred_from"
 
 
 # ---------------------------------------------------------------------------------------------------- the proxy

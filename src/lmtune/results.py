@@ -88,7 +88,10 @@ def trial_curve(t: FrozenTrial, metric: str) -> list[tuple[int, dict[str, float]
 
 
 def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    return next((t for t in trials if t.user_attrs.get(BASELINE_ATTR)), None)
+    """The baseline's completed run, else its latest attempt (an interrupted or crashed baseline is queued
+    again, so a study can hold several)."""
+    marked = [t for t in trials if t.user_attrs.get(BASELINE_ATTR)]
+    return next((t for t in marked if t.state == TrialState.COMPLETE), marked[-1] if marked else None)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -27,6 +27,9 @@ from lmtune.strategies import create_pruner, create_sampler, resolve
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # An enqueued trial may fix training arguments outside the search space (proxy transfer does).
 OVERRIDES_ATTR = "overrides"
+TRANSFER_ATTR = "transferred_from"  # the proxy trial a stage-2 trial was transferred from
+# What whoever queued a trial attached for it to run with (not what it produced): a re-queued trial keeps these.
+QUEUED_INPUTS = (BASELINE_ATTR, OVERRIDES_ATTR, TRANSFER_ATTR, "proxy_value")
 
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -253,7 +256,23 @@ class Study:
         params = self.space.suggest(trial, baseline=self.baseline if is_baseline else None)
         params.update(trial.user_attrs.get(OVERRIDES_ATTR) or {})  # set by whoever enqueued the trial
         ctx = TrialContext(trial, params, self.metric, is_baseline)
-        return (execute or evaluate)(objective, ctx)
+        try:
+            return (execute or evaluate)(objective, ctx)
+        except KeyboardInterrupt:
+            self._queue_again(trial)
+            raise
+
+    def _queue_again(self, trial: optuna.Trial) -> None:
+        """An interrupted trial (Ctrl-C) fails, and its parameters wait to run again on the next run, which does
+        not count the interrupted one against n_trials, as for a trial whose worker died (`counted`)."""
+        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C): queued to run again on the next run")
+        frozen = self.optuna._storage.get_trial(trial._trial_id)
+        inputs = {k: v for k, v in frozen.user_attrs.items() if k in QUEUED_INPUTS}
+        system = {"failed_trial": frozen.number, "retry_history": [], **frozen.system_attrs}  # grid point kept
+        system["retry_history"] = [*system["retry_history"], frozen.number]
+        self.optuna.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions, user_attrs=inputs,
+            system_attrs=system))
 
     # ------------------------------------------------------------------------------------------------ results
     @property

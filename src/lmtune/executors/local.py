@@ -75,6 +75,9 @@ class TrialServer:
         try:
             self._conn.send((TrialSpec.of(ctx), ctx.trial.study.pruner))
             outcome, exitcode = self._conn.recv()
+        except KeyboardInterrupt:  # the server ignores SIGINT: stop it here, and its trial child dies with it
+            self._server.kill()
+            raise
         except (EOFError, OSError):
             # Every later trial would fail at once and use up the budget: stop this worker, with a reason.
             self._server.join(timeout=5)
@@ -99,8 +102,10 @@ class TrialServer:
 
 def _serve(conn: Any, cfg: ExperimentConfig, objective: Objective, gpus: list[str], threads: int,
            worker: int) -> None:
-    """The trial server's loop: fork a child per (trial, pruner) received, answer (outcome, exit code)."""
+    """The trial server's loop: fork a child per (trial, pruner) received, answer (outcome, exit code).
+    Ctrl-C is the worker's to handle (it fails and re-queues the trial, then stops this server)."""
     _die_with_parent(worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the trial children
     fork = multiprocessing.get_context("fork")
     while (request := conn.recv()) is not None:
         spec, pruner = request
@@ -189,6 +194,8 @@ def _worker_main(cfg_json: str, worker: int, workers: int, ready: Any) -> None:
     except LmtuneError as e:
         print(f"worker {worker}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # its trial is failed and queued again; `lmtune run` says so
+        sys.exit(130)
 
 
 def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callback] = ()) -> None:
@@ -208,9 +215,18 @@ def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callbac
                 ready.abort()  # a worker that failed to start must not keep the others waiting
             time.sleep(0.5)
             _report_finished(study, seen, callbacks)
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches the workers too; a SIGINT sent to this process alone must stop them as well.
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        raise
     finally:
         for p in procs:
-            p.join()
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join()
     _report_finished(study, seen, callbacks)
     failed = [p.exitcode for p in procs if p.exitcode]
     if len(failed) == n:

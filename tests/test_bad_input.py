@@ -112,6 +112,10 @@ CASES = [
         "lr_scheduler_type": {"choices": ["linear", "cosine"], "condition": {"optim": "sgd"}}}}}),
     Case("condition-never-true", ["can never happen"], patch={"search": {"space": {
         "optim": ["adamw", "rmsprop"], "momentum": {"low": 0.0, "high": 0.9, "condition": {"optim": "sgd"}}}}}),
+    Case("lora-searched-without-lora", [f"{SPACE}.lora_r: it has no effect with train.use_lora = False"],
+         patch={"search": {"space": {"lora_r": [8, 16]}}}),
+    Case("momentum-searched-with-adamw", [f"{SPACE}.momentum: it has no effect with train.optim = 'adamw'"],
+         patch={"search": {"space": {"momentum": {"low": 0.8, "high": 0.99}}}}),
     Case("pbt-with-pruner", ["population-based training replaces pruning"],
          patch={"search": {"strategy": "pbt", "pruner": "asha"}}),
     Case("pbt-searched-length", [f"{SPACE}.max_steps: population-based training trains every member"],

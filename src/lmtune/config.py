@@ -545,6 +545,18 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _searched_params_take_effect(self) -> ExperimentConfig:
+        """A searched knob that the training never reads would spend trials on identical runs."""
+        space = self.search.space
+        for name, (switch, on) in _TAKES_EFFECT_WHEN.items():
+            value = getattr(self.train, switch)
+            if name in space and switch not in space and value not in on:
+                raise ValueError(f"search.space.{name}: it has no effect with train.{switch} = {value!r}; set "
+                                 f"train.{switch} to {' or '.join(map(repr, on))}, search {switch} too, or remove "
+                                 f"{name} from the space")
+        return self
+
+    @model_validator(mode="after")
     def _selection_scores_test_metrics(self) -> ExperimentConfig:
         if self.select is not None and self.objective.metric not in TEST_METRICS:
             raise ValueError(f"select: the selection phase scores configs on the test split, where "
@@ -558,6 +570,14 @@ class ExperimentConfig(_Strict):
         if "://" not in v:  # sqlite:///file.db, postgresql://..., memory://
             raise ValueError(f"{v!r} is not a database URL; use e.g. sqlite:///lmtune.db or postgresql://...")
         return v
+
+
+# Searchable knobs that only some settings use: name -> (the setting, the values under which it is used).
+_TAKES_EFFECT_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
+    **dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), ("use_lora", (True,))),
+    "momentum": ("optim", ("sgd", "rmsprop")),
+    **dict.fromkeys(("adam_beta1", "adam_beta2"), ("optim", ("adamw",))),
+}
 
 
 def _check_acyclic(space: dict[str, ParamSpec]) -> None:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from lmtune import Study, tune
 from lmtune.cli import app
 from lmtune.report import build_report
-from lmtune.report._figures import pareto_front
+from lmtune.report._figures import importances, pareto_front
 from lmtune.results import best_config, compare
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -153,6 +153,17 @@ def test_small_study_degrades_gracefully_and_escapes_user_strings(tmp_path):
     assert 'id="plot-importance"' in page and '<section id="selection">' in page and 'id="plot-selection"' in page
     assert "trial &lt;1&gt;: validation loss exceeds test" in page
     assert "4 re-training runs, 4 FTE, 8 s, on top of the budget used" in page
+
+
+def test_importance_ranks_a_parameter_the_baseline_holds_outside_the_space():
+    """The quickstart's baseline learning rate lies below the searched range, so trial 0 has no such param:
+    importance must still rank the learning rate from the searched trials."""
+    study = Study("imp", "memory://", space={"x": {"low": 0.0, "high": 1.0}, "y": {"low": 0.0, "high": 1.0}},
+                  strategy="random", metric="loss", direction="minimize", baseline={"x": 5.0, "y": 0.5})
+    study.optimize(lambda ctx: {"loss": ctx.params.get("x", 5.0) ** 2 + 0.01 * ctx.params["y"]}, n_trials=12)
+    assert "x" not in study.trials[0].params
+    values, plot = importances(study.optuna)
+    assert set(values) == {"x", "y"} and max(values, key=values.get) == "x" and plot.figure is not None
 
 
 def test_pareto_front():

@@ -101,10 +101,15 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], Plot]:
             evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
         except ImportError:
             evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+        # Optuna ranks only the parameters every trial has; a baseline value outside the space is not a param
+        # of trial 0, which would drop it (often the learning rate) from the ranking: rank the searched trials'.
+        searched = [set(t.params) for t in done if not t.user_attrs.get(BASELINE_ATTR)]
+        params = (sorted(set.intersection(*searched) & varying) or None) if searched else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        fig = _quiet(optuna.visualization.plot_param_importances, study, evaluator=evaluator, target_name=metric)
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
+        fig = _quiet(optuna.visualization.plot_param_importances, study, evaluator=evaluator, params=params,
+                     target_name=metric)
     except Exception as e:  # Optuna raises several types for degenerate studies; the report goes on
         return {}, Plot("importance", title, None, f"Parameter importance could not be computed: {e}")
     values = {k: float(v) for k, v in values.items() if math.isfinite(v)}

@@ -79,7 +79,8 @@ def test_live_display_shows_budget_current_trial_and_best_trials(tmp_path):
 
 def test_run_without_a_terminal_prints_one_plain_line_per_trial(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(small_config(tmp_path)))
+    # The baseline's learning rate lies outside the searched range (as in the quickstart), yet its line shows it.
+    path.write_text(yaml.safe_dump(small_config(tmp_path, train={"learning_rate": 5e-5})))
     out = subprocess.run([sys.executable, "-c", "from lmtune.cli import app; app()", "run", str(path),
                           "-o", str(tmp_path / "best.yaml")], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)

@@ -79,7 +79,7 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
             state += f": {reason[:80]}"
         style = "bold green" if best is not None and t.number == best.number else None
         c = cost_of(t)
-        values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in params}}
+        values = _trained_values(t, params)
         table.add_row(str(t.number), state, *(fmt(m.get(k)) for k in metric_cols), fmt(c.get("fte")),
                       fmt(c.get("wall_seconds"), 3), *(fmt(values.get(p), 3) for p in params), style=style)
     return table
@@ -92,13 +92,20 @@ def trial_reason(t: FrozenTrial) -> str:
     return str(t.user_attrs.get("prune_reason", "")) if t.state == TrialState.PRUNED else ""
 
 
+def _trained_values(t: FrozenTrial, names: list[str]) -> dict[str, Any]:
+    """The values `names` trained with: a baseline value outside the space is no Optuna param, and an
+    out-of-memory retry changed the batch settings, so the training arguments have the last word."""
+    return {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in names}}
+
+
 def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
     """A callback printing one plain line per finished trial, for logs and pipes."""
 
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
         m = trial.user_attrs.get("metrics", {})
         extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
-        params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+        space = ((study.user_attrs.get("config") or {}).get("search") or {}).get("space") or {}
+        params = " ".join(f"{k}={fmt(v)}" for k, v in _trained_values(trial, [*trial.params, *space]).items())
         console.print(f"trial {trial.number} {trial_status(trial)}: {metric_of(study)}={fmt(trial.value)} "
                       f"{params} {extra}", highlight=False, soft_wrap=True)
 

@@ -92,7 +92,7 @@ def test_diverged_trials_are_pruned_and_the_study_goes_on(tmp_path):
         "strategy": "grid", "n_trials": 10,
         "space": {"learning_rate": {"low": 1e-3, "high": 1e6, "values": [3e-3, 1e6]}, "optim": ["sgd"],
                   "max_grad_norm": 0.0, "momentum": 0.0},
-    }, train={"optim": "sgd", "learning_rate": 3e-3, "max_steps": 30, "eval_steps": 30})
+    }, train={"optim": "sgd", "learning_rate": 1e-3, "max_steps": 30, "eval_steps": 30})
     study = tune(cfg)
     by_lr = {t.params.get("learning_rate"): t for t in study.trials if not t.user_attrs.get("baseline")}
     assert len(study.trials) == 3  # the baseline, then a grid of two points, then the grid is exhausted
@@ -102,6 +102,17 @@ def test_diverged_trials_are_pruned_and_the_study_goes_on(tmp_path):
     assert "fail_reason" not in diverged.user_attrs and diverged.user_attrs["cost"]["steps"] >= 1
     assert by_lr[3e-3].state == TrialState.COMPLETE
     assert len(tune(cfg).trials) == 3  # an exhausted grid runs nothing more when resumed
+
+
+def test_a_grid_counts_the_baseline_as_its_point_and_resumes_without_repeats(tmp_path):
+    cfg = small_config(tmp_path, train={"learning_rate": 3e-3}, search={"strategy": "grid", "n_trials": 2, "space": {
+        "learning_rate": {"low": 1e-4, "high": 1e-2, "values": [1e-4, 3e-3, 1e-2]},
+        "per_device_train_batch_size": [8, 16]}})  # the baseline (3e-3, 16) is one of the 6 points
+    assert len(tune(cfg).trials) == 2
+    cfg["search"]["n_trials"] = 20
+    trials = tune(cfg).trials
+    points = {(t.params["learning_rate"], t.params["per_device_train_batch_size"]) for t in trials}
+    assert len(trials) == 6 and len(points) == 6  # every point once, the baseline's included
 
 
 def test_best_is_compared_with_the_baseline_and_exported(tmp_path):

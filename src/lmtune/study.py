@@ -171,7 +171,7 @@ class Study:
         storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         resumed = existing[study_name].n_trials if study_name in existing else 0
-        if seed is not None and resumed:
+        if seed is not None and resumed and sampler_name != "grid":  # a grid's order is fixed by its seed
             # The same seed would replay the proposals already run (random search, TPE's startup trials):
             # a resumed study seeds its sampler with the seed and the number of trials it holds.
             seed = (seed * 1_000_003 + resumed) % 2**31
@@ -303,11 +303,12 @@ def default_startup_trials(n_trials: int | None) -> int:
 
 def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
     """The config's study; worker k of a shared study seeds its sampler with seed + k, so workers do not
-    propose the same parameters."""
+    propose the same parameters (except a grid, whose seed orders the points every worker must agree on)."""
     search, ex = cfg.search, cfg.executor
+    offset = 0 if search.strategy == "grid" else worker
     return Study(
         cfg.study_name, cfg.storage, space=search.space, strategy=search.strategy, metric=cfg.objective.metric,
-        direction=cfg.objective.direction or "maximize", seed=None if search.seed is None else search.seed + worker,
+        direction=cfg.objective.direction or "maximize", seed=None if search.seed is None else search.seed + offset,
         heartbeat_interval=ex.heartbeat_interval, grace_period=ex.grace_period,
         n_startup_trials=search.n_startup_trials if search.n_startup_trials is not None
         else default_startup_trials(search.n_trials),

@@ -9,14 +9,35 @@ from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 
 STRATEGIES = ("grid", "random", "tpe", "gp")
+_ABSENT = object()
 
 
 class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler, tolerant of enqueued trials (the baseline) that hold no grid point.
+    """Optuna's grid sampler, aware of enqueued trials (the baseline).
 
-    Optuna 5.0's `after_trial` looks up the finished trial's grid id when one grid point is left, and raises
-    KeyError for an enqueued trial; such a trial consumes no grid point, so there is nothing to do for it.
+    An enqueued trial whose values are a grid point visits that point: Optuna would leave the point unvisited
+    and train it again. Every other trial takes an unvisited point (Optuna gives trial k point k while k is
+    below the grid size, whatever the baseline took). Optuna 5.0's `after_trial` looks up the finished trial's
+    grid id when one grid point is left, and raises KeyError for an enqueued trial that holds no grid point;
+    there is nothing to do for such a trial.
     """
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attrs = trial.system_attrs
+        if "grid_id" in attrs:
+            return
+        if "fixed_params" in attrs:
+            fixed = attrs["fixed_params"]
+            point = tuple(fixed.get(name, _ABSENT) for name in self._param_names)
+            if point in self._all_grids:
+                self._visit(study, trial, self._all_grids.index(point))
+            return
+        unvisited = self._get_unvisited_grid_ids(study) or list(range(len(self._all_grids)))  # exhausted: repeat
+        self._visit(study, trial, int(self._rng.rng.choice(unvisited)))
+
+    def _visit(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, grid_id: int) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
                     values: Sequence[float] | None) -> None:

@@ -82,6 +82,7 @@ def test_proxy_then_target_end_to_end(tmp_path, workers):
     # Stage 2: the baseline, the 2 transferred configs, 1 local-search trial; the selection ran on the target.
     trials = study.trials
     assert len(trials) == 4 and sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+    assert trials[0].user_attrs.get("baseline")  # trial 0, as in any study, before the transferred configs
     moved = [t for t in trials if "transferred_from" in t.user_attrs]
     assert len(moved) == 2
     for t in moved:

@@ -79,6 +79,8 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
         return
     cost = study_cost(study.get_trials(deepcopy=False))
     console.print(f"[bold]best trial {best.number}[/]: {metric_of(study)} = {fmt(best.value)}")
+    if study.user_attrs.get("selection"):
+        console.print(selection_table(study.user_attrs["selection"]))
     comp = compare(study)
     if comp is not None:
         table = Table(title="baseline vs tuned")
@@ -99,6 +101,10 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
     if extra:
         console.print(f"selection cost: {extra['runs']} re-training runs, {extra['fte']:.2f} FTE, "
                       f"{extra['wall_seconds']:.0f} s (on top of the study's)")
+    stages = study.user_attrs.get("stages")
+    if stages and stages.get("proxy_fte_target") is not None:
+        console.print(f"proxy stage ({stages['proxy_study']}): {stages['proxy_trials']} trials, "
+                      f"{stages['proxy_fte_target']:.2f} FTE in target runs by training FLOPs (on top of the study's)")
     if output is not None and study.user_attrs.get("config"):
         output.write_text(yaml.safe_dump(best_config(study), sort_keys=False))
         console.print(f"best config written to {output}")
@@ -298,9 +304,8 @@ def select(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
         st = load_study(cfg.storage, cfg.study_name)
         quiet_libraries()
         with _step_bar("selection") as on_step:
-            result = run_selection(cfg, st, FineTuneObjective(cfg, progress=on_step))
-        console.print(selection_table(result))
-        print_best(st, output)
+            run_selection(cfg, st, FineTuneObjective(cfg, progress=on_step))
+        print_best(st, output)  # the selection table first
     except LmtuneError as e:
         _fail(e)
 

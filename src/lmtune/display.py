@@ -101,7 +101,12 @@ def _trained_values(t: FrozenTrial, names: list[str]) -> dict[str, Any]:
 def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
     """A callback printing one plain line per finished trial, for logs and pipes."""
 
+    studies: list[str] = []
+
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
+        if studies[-1:] != [study.study_name]:  # proxy tuning runs two studies, each numbering from 0
+            studies.append(study.study_name)
+            console.print(f"study {study.study_name}:", highlight=False)
         m = trial.user_attrs.get("metrics", {})
         extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
         space = ((study.user_attrs.get("config") or {}).get("search") or {}).get("space") or {}

@@ -217,6 +217,7 @@ def run_stages(cfg: ExperimentConfig, objective: Any, search: Callable[[Experime
         space = narrowed_space(space, moved[0][1], local.factor)
     target_cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})})
     target = open_tuning_study(target_cfg)
+    target.enqueue_baseline()  # trial 0 of the target study, before the transferred configs
     done = {t.user_attrs.get(TRANSFER_ATTR) for t in target.trials}
     for t, params, overrides in moved:
         if t.number not in done:

@@ -157,6 +157,8 @@ CASES = [
          patch={"model": {"name_or_path": "builtin:huge"}}),
     Case("unknown-hub-model", ["model.name_or_path", "no-such-org/no-such-model"],
          patch={"model": {"name_or_path": "no-such-org/no-such-model"}}),
+    Case("mistyped-local-model", ["'my-modle'", "looked up as a hub id", "fix the path"],
+         patch={"model": {"name_or_path": "my-modle"}}),
     # storage
     Case("storage-not-a-url", ["storage", "is not a database URL"], patch={"storage": "study.db"}),
     Case("storage-unreachable", ["cannot be opened", f"127.0.0.1:{CLOSED}"],

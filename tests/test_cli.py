@@ -77,6 +77,8 @@ def test_train_once_with_overrides_and_save(tmp_path):
     assert res.exit_code == 2 and "KEY=VALUE" in res.output
     res = runner.invoke(app, ["train", str(cfg), "--set", "optim=lion"])
     assert res.exit_code == 2 and "optim" in res.output
+    res = runner.invoke(app, ["train", str(cfg), "--set", "learnig_rate=1e-3"])
+    assert res.exit_code == 2 and "train.learnig_rate: unknown key (did you mean 'learning_rate'?)" in res.output
 
 
 def test_errors_are_one_paragraph_without_traceback(tmp_path):

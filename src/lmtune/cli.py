@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from lmtune.config import ExecutorConfig, ExperimentConfig, load_config, validate_section
+from lmtune.config import ExecutorConfig, ExperimentConfig, TrainConfig, load_config, validate_section
 from lmtune.display import LiveDisplay, fmt, log_trial, trials_table
 from lmtune.errors import ConfigError, LmtuneError
 from lmtune.results import (
@@ -198,7 +198,6 @@ def train(config: ConfigArg,
     """Train once with the config's baseline (`train:`) values, or with --set overrides; no study."""
     from lmtune.study import quiet_libraries
     from lmtune.train.trainer import Trainer
-    from lmtune.trial import trial_train_config
 
     try:
         cfg = load_config(config)
@@ -210,10 +209,7 @@ def train(config: ConfigArg,
             overrides[key.strip()] = yaml.safe_load(value)
         if output_dir is not None:
             overrides["output_dir"] = str(output_dir)
-        try:
-            train_cfg = trial_train_config(cfg.train, overrides)
-        except ValueError as e:
-            raise LmtuneError(f"--set: {e}") from None
+        train_cfg = validate_section(TrainConfig, {**cfg.train.model_dump(), **overrides}, "train", "(--set)")
         quiet_libraries()
         with _step_bar("training") as on_step:
             trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,

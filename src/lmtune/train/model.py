@@ -51,10 +51,14 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
 def check_model(cfg: ModelConfig) -> None:
     """Fail fast on an unusable model reference by loading only its config (no weights)."""
+    path = resolve_path(cfg)
     try:
-        AutoConfig.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
+        AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.name_or_path: cannot load {cfg.name_or_path!r}: {_first_line(e)}") from None
+        hint = "" if Path(path).exists() else (
+            f"; no folder {path!r} exists, so it was looked up as a hub id: if it is a local model, fix the path "
+            "(relative paths are relative to the config file)")
+        raise ModelLoadError(f"model.name_or_path: cannot load {cfg.name_or_path!r}: {_first_line(e)}{hint}") from None
 
 
 def load_model(cfg: ModelConfig, train: TrainConfig) -> PreTrainedModel:

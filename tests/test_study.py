@@ -1,5 +1,6 @@
 """End-to-end studies of real (tiny) fine-tuning trials on SQLite."""
 
+import io
 import math
 import sqlite3
 
@@ -7,9 +8,11 @@ import optuna
 import pytest
 from conftest import small_config
 from optuna.trial import TrialState
+from rich.console import Console
 
 from lmtune import Study, tune
 from lmtune.config import validate_config
+from lmtune.display import log_trial
 from lmtune.errors import ConfigError
 from lmtune.results import best_config, compare, load_study, study_cost
 from lmtune.train.trainer import TrainResult
@@ -212,3 +215,21 @@ def test_an_interrupted_trial_is_queued_again_and_not_counted(tmp_path):
     assert [t.state for t in s.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
     assert s.baseline_trial.number == 1 and s.trials[1].params == {"x": 0.5}
     assert compare(s.optuna).rows[-3] == ("validation loss", 0.5, s.best_trial.value)
+
+
+@pytest.mark.parametrize(("tuned_optim", "shown"), [("adamw", False), ("sgd", True)])
+def test_an_unused_conditional_parameter_is_not_shown(tuned_optim, shown):
+    """momentum is searched only with sgd: an adamw trial's default momentum is no tuned value."""
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("metric", "loss")
+    study.set_user_attr("config", {"search": {"space": {
+        "optim": {"type": "categorical", "choices": ["adamw", "sgd"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.99, "condition": {"optim": "sgd"}}}}})
+    for value, optim, attrs in ((1.0, "adamw", {"baseline": True}), (0.5, tuned_optim, {})):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={
+            **attrs, "metrics": {"loss": value}, "hparams": {"optim": optim, "momentum": 0.9}}))
+    names = [r[0] for r in compare(study).rows]
+    assert "optim" in names and ("momentum" in names) == shown
+    logged = io.StringIO()
+    log_trial(Console(file=logged, width=200))(study, study.trials[1])
+    assert ("momentum=0.9" in logged.getvalue()) == shown

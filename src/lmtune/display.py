@@ -30,8 +30,10 @@ from lmtune.results import (
     SHOWN_METRICS,
     best_trial,
     cost_of,
+    is_active,
     load_study,
     metric_of,
+    searched_space,
     study_cost,
     trial_status,
 )
@@ -67,6 +69,7 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
         trials = trials[-limit:] if limit is not None else trials
     best = best_trial(study)
     params = list(dict.fromkeys(k for t in trials for k in t.params))
+    space = searched_space(study)
     table = Table(title=title, show_lines=False)
     metric_cols = list(dict.fromkeys((metric, "eval_loss")))
     for col in ("#", "state", *metric_cols, "FTE", "s", *params):
@@ -79,7 +82,7 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
             state += f": {reason[:80]}"
         style = "bold green" if best is not None and t.number == best.number else None
         c = cost_of(t)
-        values = _trained_values(t, params)
+        values = _trained_values(t, params, space)
         table.add_row(str(t.number), state, *(fmt(m.get(k)) for k in metric_cols), fmt(c.get("fte")),
                       fmt(c.get("wall_seconds"), 3), *(fmt(values.get(p), 3) for p in params), style=style)
     return table
@@ -92,10 +95,12 @@ def trial_reason(t: FrozenTrial) -> str:
     return str(t.user_attrs.get("prune_reason", "")) if t.state == TrialState.PRUNED else ""
 
 
-def _trained_values(t: FrozenTrial, names: list[str]) -> dict[str, Any]:
-    """The values `names` trained with: a baseline value outside the space is no Optuna param, and an
-    out-of-memory retry changed the batch settings, so the training arguments have the last word."""
-    return {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in names}}
+def _trained_values(t: FrozenTrial, names: list[str], space: dict[str, Any]) -> dict[str, Any]:
+    """The values of `names` the trial trained with: a baseline value outside the space is no Optuna param,
+    and an out-of-memory retry changed the batch settings, so the training arguments have the last word;
+    a conditional parameter the trial did not use (momentum with adamw) is left out."""
+    values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in names}}
+    return {k: v for k, v in values.items() if is_active(space, k, values)}
 
 
 def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -109,8 +114,9 @@ def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
             console.print(f"study {study.study_name}:", highlight=False)
         m = trial.user_attrs.get("metrics", {})
         extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
-        space = ((study.user_attrs.get("config") or {}).get("search") or {}).get("space") or {}
-        params = " ".join(f"{k}={fmt(v)}" for k, v in _trained_values(trial, [*trial.params, *space]).items())
+        space = searched_space(study)
+        values = _trained_values(trial, [*trial.params, *space], space)
+        params = " ".join(f"{k}={fmt(v)}" for k, v in values.items())
         console.print(f"trial {trial.number} {trial_status(trial)}: {metric_of(study)}={fmt(trial.value)} "
                       f"{params} {extra}", highlight=False, soft_wrap=True)
 

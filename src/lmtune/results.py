@@ -57,6 +57,19 @@ def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
     return total
 
 
+def searched_space(study: optuna.Study) -> dict[str, Any]:
+    """The search space the study's config declared (name -> the ParamSpec as stored), or {}."""
+    return ((study.user_attrs.get("config") or {}).get("search") or {}).get("space") or {}
+
+
+def is_active(space: dict[str, Any], name: str, values: dict[str, Any]) -> bool:
+    """Whether a run with `values` uses `name`: a conditional parameter (momentum only with optim sgd) is
+    unused, and its default meaningless, when its condition does not hold."""
+    spec = space.get(name)
+    condition = spec.get("condition") if isinstance(spec, dict) else None
+    return all(values.get(p) in (w if isinstance(w, list) else [w]) for p, w in (condition or {}).items())
+
+
 def selection_cost(study: optuna.Study) -> dict[str, float] | None:
     """What the stored selection phase's re-training cost, on top of the trials (None: no selection)."""
     selection = study.user_attrs.get("selection")
@@ -134,9 +147,10 @@ def compare(study: optuna.Study) -> Comparison | None:
     metric = metric_of(study)
     rows: list[tuple[str, Any, Any]] = []
     b_h, t_h = (trained_hparams(base) if base else {}), trained_hparams(tuned)
-    searched = set((study.user_attrs.get("config") or {}).get("search", {}).get("space", {}))
-    for key in SEARCHABLE:  # every searched hyperparameter, and any other that differs
-        if key in t_h and (key in searched or b_h.get(key) != t_h.get(key)):
+    space = searched_space(study)
+    for key in SEARCHABLE:  # every searched hyperparameter, and any other that differs, where either uses it
+        if key in t_h and (key in space or b_h.get(key) != t_h.get(key)) and (
+                is_active(space, key, t_h) or is_active(space, key, b_h)):
             rows.append((key, b_h.get(key), t_h.get(key)))
     b_m = base.user_attrs.get("metrics", {}) if base else {}
     t_m = tuned.user_attrs.get("metrics", {})

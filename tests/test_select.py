@@ -170,7 +170,7 @@ def test_select_and_export_commands_on_a_lora_study(tmp_path, monkeypatch):
     assert len(sel["candidates"]) == 2 and all(sorted(r["per_seed"]) == ["0", "1"] for r in sel["candidates"])
     assert all("eval_loss" in s["test"] for r in sel["candidates"] for s in r["per_seed"].values())
     bad = runner.invoke(app, ["select", "exp.yaml", "--seeds", "0,0"])
-    assert bad.exit_code == 2 and "select.seeds" in bad.output
+    assert bad.exit_code == 2 and "(--top-k/--seeds/--rule)" in bad.output and "select.seeds" in bad.output
 
     assert runner.invoke(app, ["export", "exp.yaml", "--format", "yaml", "-o", "tuned.yaml"]).exit_code == 0
     winner = st.get_trials(deepcopy=False)[sel["winner"]].user_attrs["hparams"]

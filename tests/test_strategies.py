@@ -113,7 +113,7 @@ def test_pbt_exploit_copies_real_weights_and_records_the_schedule(tmp_path):
     receiver = next(t for t in members if t.user_attrs.get("lineage"))
     assert receiver.user_attrs["schedule"][-1]["learning_rate"] != receiver.user_attrs["schedule"][0]["learning_rate"]
     # Checkpoints are gone; the best member's model is kept and loads with from_pretrained.
-    assert not list(ckpt_dir.glob("member-*/step-*"))
+    assert not ckpt_dir.exists()  # every checkpoint and the folder itself
     info = study.optuna.user_attrs["pbt"]
     model = AutoModelForCausalLM.from_pretrained(info["best_model_dir"])
     assert isinstance(model, torch.nn.Module)

@@ -296,7 +296,8 @@ def select(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
                    "seeds": [s.strip() for s in seeds.split(",")] if seeds is not None else None}
         base = cfg.select.model_dump() if cfg.select else {}
         _assign(cfg, "select", validate_section(
-            SelectConfig, {**base, **{k: v for k, v in options.items() if v is not None}}, "select"))
+            SelectConfig, {**base, **{k: v for k, v in options.items() if v is not None}}, "select",
+            "(--top-k/--seeds/--rule)"))
         st = load_study(cfg.storage, cfg.study_name)
         quiet_libraries()
         with _step_bar("selection") as on_step:

@@ -310,6 +310,8 @@ def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective,
         study.optuna.set_user_attr("pbt", info)
     for m in members:
         shutil.rmtree(workdir / f"member-{m.id}", ignore_errors=True)
+    with contextlib.suppress(OSError):  # the checkpoint folder, unless it holds something of the user's
+        workdir.rmdir()
     return members
 
 

@@ -163,13 +163,18 @@ def _assert_gone(pids: list[int]) -> None:
     raise AssertionError(f"still running: {[p for p in pids if alive(p)]}")
 
 
-def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials(tmp_path: Path) -> None:
-    """SIGINT to `lmtune run --workers 2` alone (not its process group): the workers and their trials stop,
-    each interrupted trial is failed and queued again, and the next run completes the budget counting it once."""
+@pytest.mark.parametrize("command", [("run", "--workers", "2", "-o", "BEST"), ("worker", "--index", "0")],
+                         ids=["run", "worker"])
+def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials(tmp_path: Path,
+                                                                                 command: tuple[str, ...]) -> None:
+    """SIGINT to `lmtune run --workers 2` (or `lmtune worker`) alone, not its process group: the workers and
+    their trials stop, each interrupted trial is failed and queued again, and the next run completes the budget
+    counting it once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = _crash_config(tmp_path)
     best = str(tmp_path / "best.yaml")
-    run, victim, descendants = _worker_mid_trial(cfg, storage, "run", str(cfg), "--workers", "2", "-o", best)
+    args = [best if a == "BEST" else a for a in command[1:]]
+    run, victim, descendants = _worker_mid_trial(cfg, storage, command[0], str(cfg), *args)
     try:
         run.send_signal(signal.SIGINT)
         output = run.communicate(timeout=120)[0]

@@ -150,9 +150,14 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
     except LmtuneError as e:
         _fail(e)
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted:[/] trials that were running are marked failed and queued to run "
-                          "again, not counted; `lmtune run` on this config resumes the study", highlight=False)
-        raise typer.Exit(130) from None
+        _interrupted()
+
+
+def _interrupted() -> None:
+    err_console.print("[bold red]interrupted:[/] trials that were running are marked failed and queued to run "
+                      "again, not counted; `lmtune run` (or `lmtune worker`) on this config resumes the study",
+                      highlight=False)
+    raise typer.Exit(130) from None
 
 
 def _set_executor(cfg: ExperimentConfig, workers: int | None, executor: str | None, address: str | None) -> None:
@@ -188,6 +193,8 @@ def worker(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
         work(cfg, worker=os.getpid() if index is None else index, callbacks=[log_trial(console)])
     except LmtuneError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
 
 
 @app.command()

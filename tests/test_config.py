@@ -11,7 +11,8 @@ ROOT = Path(__file__).parent.parent
 def test_examples_validate():
     for path in (ROOT / "examples").glob("*.yaml"):
         cfg = load_config(path)
-        assert cfg.search.n_trials and cfg.objective.direction in ("maximize", "minimize")
+        assert (cfg.search.n_trials or cfg.search.strategy == "pbt") and cfg.objective.direction in (
+            "maximize", "minimize")
 
 
 def test_defaults_follow_hf_training_arguments():

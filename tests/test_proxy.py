@@ -37,6 +37,11 @@ def test_a_searched_run_length_is_shortened_on_the_proxy(tmp_path):
     assert (space["max_steps"].low, space["max_steps"].high, space["max_steps"].step) == (50, 150, 25)
     assert space["num_train_epochs"].choices == [0.5, 1.0]
     assert space["learning_rate"] == cfg.search.space["learning_rate"]
+    epochs = {"num_train_epochs": {"low": 1, "high": 5}}  # whole epochs: an int range becomes a float one
+    cfg = validate_config(small_config(tmp_path, train={"max_steps": -1, "num_train_epochs": 2.0},
+                                       search={"space": epochs}, stages={"proxy": {"steps_fraction": 0.5}}))
+    spec = proxy_config(cfg, tmp_path / "proxy-model", n_train=100).search.space["num_train_epochs"]
+    assert (spec.type, spec.low, spec.high) == ("float", 0.5, 2.5)
 
 
 def test_narrowed_space_centres_on_the_transferred_config():

@@ -217,13 +217,16 @@ def test_an_interrupted_trial_is_queued_again_and_not_counted(tmp_path):
     assert compare(s.optuna).rows[-3] == ("validation loss", 0.5, s.best_trial.value)
 
 
-@pytest.mark.parametrize(("tuned_optim", "shown"), [("adamw", False), ("sgd", True)])
-def test_an_unused_conditional_parameter_is_not_shown(tuned_optim, shown):
+@pytest.mark.parametrize(("tuned_optim", "shown", "optim_spec"), [
+    ("adamw", False, {"type": "categorical", "choices": ["adamw", "sgd"]}),
+    ("sgd", True, {"type": "categorical", "choices": ["adamw", "sgd"]}),
+    ("sgd", True, {"type": "fixed", "value": "sgd"})])  # a fixed value is no Optuna param, yet decides
+def test_an_unused_conditional_parameter_is_not_shown(tuned_optim, shown, optim_spec):
     """momentum is searched only with sgd: an adamw trial's default momentum is no tuned value."""
     study = optuna.create_study(direction="minimize")
     study.set_user_attr("metric", "loss")
     study.set_user_attr("config", {"search": {"space": {
-        "optim": {"type": "categorical", "choices": ["adamw", "sgd"]},
+        "optim": optim_spec,
         "momentum": {"type": "float", "low": 0.8, "high": 0.99, "condition": {"optim": "sgd"}}}}})
     for value, optim, attrs in ((1.0, "adamw", {"baseline": True}), (0.5, tuned_optim, {})):
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={

@@ -42,7 +42,8 @@ def write_config(tmp_path: Path, **overrides: Any) -> Path:
 def assert_complete(storage: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
     """Exactly n_trials count as finished, nothing is left running or waiting, numbers are unique."""
     trials = load_study(storage, "test").get_trials(deepcopy=False)
-    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    retried = {n for t in trials for n in [*optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t),
+                                           *t.system_attrs.get("requeued_from", [])]}
     counted = [t for t in trials if t.state.is_finished() and t.number not in retried]
     assert len(counted) == n_trials, [(t.number, t.state.name) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -106,8 +107,8 @@ def _worker_mid_trial(cfg: Path, storage: str, *command: str) -> tuple[subproces
     the process, that trial, and its descendants (for a worker: its trial server first, then the trial's)."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = command or ("worker", str(cfg), "--index", "0")
-    worker = subprocess.Popen([sys.executable, "-m", "lmtune", *args], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen([sys.executable, "-m", "lmtune", *args], env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # as from a terminal
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and worker.poll() is None:
         time.sleep(0.5)
@@ -163,20 +164,24 @@ def _assert_gone(pids: list[int]) -> None:
     raise AssertionError(f"still running: {[p for p in pids if alive(p)]}")
 
 
-@pytest.mark.parametrize("command", [("run", "--workers", "2", "-o", "BEST"), ("worker", "--index", "0")],
-                         ids=["run", "worker"])
-def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials(tmp_path: Path,
-                                                                                 command: tuple[str, ...]) -> None:
-    """SIGINT to `lmtune run --workers 2` (or `lmtune worker`) alone, not its process group: the workers and
-    their trials stop, each interrupted trial is failed and queued again, and the next run completes the budget
-    counting it once."""
+@pytest.mark.parametrize(("command", "to_group"), [
+    (("run", "--workers", "2", "-o", "BEST"), True), (("run", "--workers", "2", "-o", "BEST"), False),
+    (("worker", "--index", "0"), True)], ids=["run-ctrl-c", "run-kill-int", "worker-ctrl-c"])
+def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials(
+        tmp_path: Path, command: tuple[str, ...], to_group: bool) -> None:
+    """SIGINT to the terminal's process group (Ctrl-C) or to `lmtune run --workers 2` alone (kill -INT): the
+    workers and their trials stop, each interrupted trial is failed and queued again, and the next run completes
+    the budget counting it once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = _crash_config(tmp_path)
     best = str(tmp_path / "best.yaml")
     args = [best if a == "BEST" else a for a in command[1:]]
     run, victim, descendants = _worker_mid_trial(cfg, storage, command[0], str(cfg), *args)
     try:
-        run.send_signal(signal.SIGINT)
+        if to_group:
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            run.send_signal(signal.SIGINT)
         output = run.communicate(timeout=120)[0]
     finally:
         if run.poll() is None:

@@ -99,8 +99,10 @@ def _trained_values(t: FrozenTrial, names: list[str], space: dict[str, Any]) -> 
     """The values of `names` the trial trained with: a baseline value outside the space is no Optuna param,
     and an out-of-memory retry changed the batch settings, so the training arguments have the last word;
     a conditional parameter the trial did not use (momentum with adamw) is left out."""
-    values = {**t.params, **{p: v for p, v in t.user_attrs.get("hparams", {}).items() if p in names}}
-    return {k: v for k, v in values.items() if is_active(space, k, values)}
+    hparams = t.user_attrs.get("hparams", {})
+    values = {**t.params, **{p: v for p, v in hparams.items() if p in names}}
+    context = {**hparams, **values}  # a condition on a fixed value (no Optuna param) reads the training argument
+    return {k: v for k, v in values.items() if is_active(space, k, context)}
 
 
 def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:

@@ -132,6 +132,8 @@ def _scaled_spec(spec: ParamSpec, fraction: float, integer: bool) -> ParamSpec:
         return max(1, round(v * fraction)) if integer else v * fraction
 
     update: dict[str, Any] = {"low": scaled(spec.low), "high": scaled(spec.high), "value": scaled(spec.value)}
+    if spec.type == "int" and not integer:  # epochs 1..5 at half length are 0.5..2.5, not int(0.5) = 0
+        update["type"] = "float"
     if spec.step is not None:
         update["step"] = scaled(spec.step)
     for key in ("values", "choices"):

@@ -28,18 +28,23 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # An enqueued trial may fix training arguments outside the search space (proxy transfer does).
 OVERRIDES_ATTR = "overrides"
 TRANSFER_ATTR = "transferred_from"  # the proxy trial a stage-2 trial was transferred from
+# System attribute of a rerun queued by `Study.requeue`: the numbers of the cut-short trials it replaces. Kept
+# apart from Optuna's retry_history, so that an interrupted trial's rerun still gets its one crash retry.
+REQUEUED_ATTR = "requeued_from"
 # What whoever queued a trial attached for it to run with (not what it produced): a re-queued trial keeps these.
 QUEUED_INPUTS = (BASELINE_ATTR, OVERRIDES_ATTR, TRANSFER_ATTR, "proxy_value")
 
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Finished trials that count against n_trials: a trial failed because its worker died and then retried
-    (Optuna's RetryHeartbeatStaleTrialCallback) is replaced by its retry, so a crash does not eat the budget."""
+    (Optuna's RetryHeartbeatStaleTrialCallback), or interrupted and queued again (`Study.requeue`), is replaced
+    by its rerun, so neither a crash nor a Ctrl-C eats the budget."""
     trials = list(trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
-    return [t for t in trials if t.state in FINISHED and t.number not in retried]
+        replaced = {n for t in trials for n in [*optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t),
+                                                *t.system_attrs.get(REQUEUED_ATTR, [])]}
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced]
 
 
 class BudgetSpent(Exception):
@@ -258,20 +263,19 @@ class Study:
         ctx = TrialContext(trial, params, self.metric, is_baseline)
         try:
             return (execute or evaluate)(objective, ctx)
-        except KeyboardInterrupt:
-            self._queue_again(trial)
+        except KeyboardInterrupt:  # Optuna then marks it failed
+            self.requeue(self.optuna._storage.get_trial(trial._trial_id),
+                         "interrupted (Ctrl-C): queued to run again on the next run")
             raise
 
-    def _queue_again(self, trial: optuna.Trial) -> None:
-        """An interrupted trial (Ctrl-C) fails, and its parameters wait to run again on the next run, which does
-        not count the interrupted one against n_trials, as for a trial whose worker died (`counted`)."""
-        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C): queued to run again on the next run")
-        frozen = self.optuna._storage.get_trial(trial._trial_id)
-        inputs = {k: v for k, v in frozen.user_attrs.items() if k in QUEUED_INPUTS}
-        system = {"failed_trial": frozen.number, "retry_history": [], **frozen.system_attrs}  # grid point kept
-        system["retry_history"] = [*system["retry_history"], frozen.number]
+    def requeue(self, cut: FrozenTrial, reason: str) -> None:
+        """Record why `cut` stopped short and queue its parameters (and what it was queued with: baseline,
+        proxy transfer; its grid point) to run again; `counted` then counts the rerun, not `cut`."""
+        self.optuna._storage.set_trial_user_attr(cut._trial_id, "fail_reason", reason)
+        inputs = {k: v for k, v in cut.user_attrs.items() if k in QUEUED_INPUTS}
+        system = {**cut.system_attrs, REQUEUED_ATTR: [*cut.system_attrs.get(REQUEUED_ATTR, []), cut.number]}
         self.optuna.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions, user_attrs=inputs,
+            state=TrialState.WAITING, params=cut.params, distributions=cut.distributions, user_attrs=inputs,
             system_attrs=system))
 
     # ------------------------------------------------------------------------------------------------ results

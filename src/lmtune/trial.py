@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -103,6 +104,7 @@ def train_fitting_memory(train_cfg: TrainConfig, retries: int, make_trainer: Cal
     spent = TrainResult(metrics={})  # what the attempts that ran out of memory trained
     while True:
         trainer = make_trainer(train_cfg)
+        started = time.perf_counter()
         try:
             trainer.setup().train()
             return trainer
@@ -113,6 +115,7 @@ def train_fitting_memory(train_cfg: TrainConfig, retries: int, make_trainer: Cal
             if not is_out_of_memory(e):
                 raise
             error = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        spent.wall_seconds += time.perf_counter() - started  # device time, counted by budget.device_hours
         done = getattr(trainer, "result", None)  # None: out of memory before the first step (loading)
         if done is not None:
             spent.planned_steps = done.planned_steps
@@ -283,6 +286,10 @@ def run_pbt(cfg: ExperimentConfig, study: Study, objective: FineTuneObjective,
             "run trained a new population")
         study.optuna._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     base = study.baseline_trial
+    if base is not None and base.state == optuna.trial.TrialState.RUNNING:  # the run before stopped in it
+        study.requeue(base, "interrupted: the run stopped during the baseline; queued to run again")
+        study.optuna._storage.set_trial_state_values(base._trial_id, optuna.trial.TrialState.FAIL)
+        base = study.baseline_trial
     if study.baseline is not None and (base is None or base.state == optuna.trial.TrialState.WAITING):
         # The baseline runs as the one trial before the population (members would otherwise take its slot).
         study.optimize(objective, n_trials=study.n_finished + 1, callbacks=callbacks)

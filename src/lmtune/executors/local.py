@@ -189,6 +189,9 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
 
 
 def _worker_main(cfg_json: str, worker: int, workers: int, ready: Any) -> None:
+    # A process group of its own: a terminal's Ctrl-C reaches `lmtune run` alone, which passes it on once; a
+    # second SIGINT arriving mid-handling could cut the re-queueing of the interrupted trial short.
+    os.setpgrp()
     try:
         work(ExperimentConfig.model_validate_json(cfg_json), worker, workers, ready)
     except LmtuneError as e:
@@ -215,8 +218,7 @@ def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callbac
                 ready.abort()  # a worker that failed to start must not keep the others waiting
             time.sleep(0.5)
             _report_finished(study, seen, callbacks)
-    except KeyboardInterrupt:
-        # A terminal's Ctrl-C reaches the workers too; a SIGINT sent to this process alone must stop them as well.
+    except KeyboardInterrupt:  # the workers have process groups of their own: pass Ctrl-C on, once
         for p in procs:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signal.SIGINT)

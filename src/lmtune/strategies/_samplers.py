@@ -4,6 +4,7 @@ import warnings
 from collections.abc import Sequence
 
 import optuna
+from optuna.trial import TrialState
 
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
@@ -17,9 +18,10 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     An enqueued trial whose values are a grid point visits that point: Optuna would leave the point unvisited
     and train it again. Every other trial takes an unvisited point (Optuna gives trial k point k while k is
-    below the grid size, whatever the baseline took). Optuna 5.0's `after_trial` looks up the finished trial's
-    grid id when one grid point is left, and raises KeyError for an enqueued trial that holds no grid point;
-    there is nothing to do for such a trial.
+    below the grid size, whatever the baseline took). A trial queued again after it was cut short keeps its
+    point, and the study does not stop while such reruns wait. Optuna 5.0's `after_trial` looks up the
+    finished trial's grid id when one grid point is left, and raises KeyError for an enqueued trial that holds
+    no grid point; there is nothing to do for such a trial.
     """
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -33,7 +35,9 @@ class _GridSampler(optuna.samplers.GridSampler):
                 self._visit(study, trial, self._all_grids.index(point))
             return
         unvisited = self._get_unvisited_grid_ids(study) or list(range(len(self._all_grids)))  # exhausted: repeat
-        self._visit(study, trial, int(self._rng.rng.choice(unvisited)))
+        # By trial number, not by the seeded generator that every worker shares: workers asking at once (no
+        # study lock without n_trials) then take different points.
+        self._visit(study, trial, unvisited[trial.number % len(unvisited)])
 
     def _visit(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, grid_id: int) -> None:
         study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
@@ -41,7 +45,9 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
                     values: Sequence[float] | None) -> None:
-        if "grid_id" in trial.system_attrs:
+        # Optuna stops the study once no point is unvisited; queued reruns of cut-short points must still run.
+        waiting = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        if "grid_id" in trial.system_attrs and not waiting:
             super().after_trial(study, trial, state, values)
 
 

@@ -123,20 +123,27 @@ def test_pbt_exploit_copies_real_weights_and_records_the_schedule(tmp_path):
     assert len(tune(cfg).trials) == len(trials)  # a finished population is not run again
 
 
-def test_pbt_after_an_interrupted_population_trains_a_new_one_and_keeps_a_better_baseline(tmp_path):
-    """A population cut short leaves RUNNING members: the next run fails them and trains a new population. Its
-    members (learning rates far too small) lose to the baseline, whose model stays the kept one."""
+@pytest.mark.parametrize("killed_in", ["population", "baseline"])
+def test_pbt_after_an_interrupted_run_trains_a_new_population_and_keeps_a_better_baseline(tmp_path, killed_in):
+    """A run killed mid-population leaves RUNNING members: the next run fails them and trains a new population;
+    one killed in the baseline leaves it RUNNING: the next run fails it and trains it again. The members
+    (learning rates far too small) lose to the baseline, whose model stays the kept one."""
     cfg = small_config(tmp_path, search={
         "strategy": "pbt", "seed": 0, "space": {"learning_rate": {"low": 1e-7, "high": 2e-7, "log": True}},
         "pbt": {"population_size": 2, "segment_steps": 6}})
-    cut = open_tuning_study(validate_config(cfg)).optuna.ask()  # a member of a run killed mid-population
-    cut.set_user_attr("pbt_member", 0)
+    killed = open_tuning_study(validate_config(cfg))
+    if killed_in == "baseline":
+        killed.enqueue_baseline()
+        killed.optuna.ask()  # the baseline, running when its process died
+    else:
+        killed.optuna.ask().set_user_attr("pbt_member", 0)
     study = tune(cfg)
     assert study.optuna.trials[0].state == TrialState.FAIL
     assert study.optuna.trials[0].user_attrs["fail_reason"].startswith("interrupted")
     members = [t for t in study.trials if "pbt_member" in t.user_attrs and t.number > 0]
     assert len(members) == 2 and all(t.state == TrialState.COMPLETE for t in members)
-    base = next(t for t in study.trials if t.user_attrs.get("baseline"))
+    base = study.baseline_trial
+    assert base.state == TrialState.COMPLETE and base.number == 1  # the one run after the kill
     assert all(t.value > base.value for t in members)  # eval_loss: the baseline is better
     assert study.optuna.user_attrs["best_model"]["trial"] == base.number
     assert "best_model_dir" not in study.optuna.user_attrs["pbt"]

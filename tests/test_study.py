@@ -236,3 +236,23 @@ def test_an_unused_conditional_parameter_is_not_shown(tuned_optim, shown, optim_
     logged = io.StringIO()
     log_trial(Console(file=logged, width=200))(study, study.trials[1])
     assert ("momentum=0.9" in logged.getvalue()) == shown
+
+
+def test_a_grid_runs_every_queued_rerun_before_it_stops(tmp_path):
+    """Two grid points cut short (their workers interrupted) are queued again: resuming runs both reruns, though
+    every grid point counts as visited once the first rerun is done."""
+    study = Study("g", f"sqlite:///{tmp_path / 'g.db'}", space={"x": [0, 1, 2]}, strategy="grid", metric="loss",
+                  direction="minimize")
+
+    def loss(ctx):
+        return {"loss": ctx.params["x"]}
+
+    study.optimize(loss, n_trials=1)
+    for trial in [study.optuna.ask(), study.optuna.ask()]:  # two workers take the other two points...
+        study.requeue(study.optuna._storage.get_trial(trial._trial_id), "interrupted (Ctrl-C)")
+        study.optuna.tell(trial, state=TrialState.FAIL)  # ...and are interrupted, as Optuna records it
+    study.optimize(loss, n_trials=3)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert {t.params["x"] for t in study.trials if t.state == TrialState.COMPLETE} == {0, 1, 2}
+    assert study.n_finished == 3

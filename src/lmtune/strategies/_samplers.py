@@ -45,9 +45,10 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
                     values: Sequence[float] | None) -> None:
+        if "grid_id" not in trial.system_attrs:
+            return
         # Optuna stops the study once no point is unvisited; queued reruns of cut-short points must still run.
-        waiting = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-        if "grid_id" in trial.system_attrs and not waiting:
+        if not study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
             super().after_trial(study, trial, state, values)
 
 

@@ -2,6 +2,8 @@
 
 import io
 import math
+import os
+import signal
 import sqlite3
 
 import optuna
@@ -236,6 +238,29 @@ def test_an_unused_conditional_parameter_is_not_shown(tuned_optim, shown, optim_
     logged = io.StringIO()
     log_trial(Console(file=logged, width=200))(study, study.trials[1])
     assert ("momentum=0.9" in logged.getvalue()) == shown
+
+
+@pytest.mark.parametrize("hook", ["before_trial", "sample_independent"])
+def test_ctrl_c_in_optunas_bookkeeping_fails_and_requeues_the_trial(tmp_path, monkeypatch, hook):
+    """Ctrl-C landing while Optuna creates a trial (before its heartbeat starts) or samples its parameters:
+    the trial is failed and queued again like one cut short in training, never left RUNNING with no heartbeat
+    (a zombie that an exact n_trials budget would wait on forever)."""
+    study = Study("c", f"sqlite:///{tmp_path / 'c.db'}", space={"x": {"low": 0.0, "high": 1.0}}, strategy="random",
+                  metric="loss", direction="minimize", seed=0, heartbeat_interval=1)
+
+    def ctrl_c(*args, **kwargs):
+        monkeypatch.undo()
+        os.kill(os.getpid(), signal.SIGINT)
+        return getattr(study.optuna.sampler, hook)(*args, **kwargs)
+
+    monkeypatch.setattr(study.optuna.sampler, hook, ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lambda ctx: {"loss": ctx.params["x"]}, n_trials=2)
+    cut, queued = study.trials
+    assert (cut.state, queued.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert cut.user_attrs["fail_reason"].startswith("interrupted") and queued.params == cut.params
+    study.optimize(lambda ctx: {"loss": ctx.params["x"]}, n_trials=2)
+    assert study.n_finished == 2 and study.trials[1].state == TrialState.COMPLETE  # the rerun, then a new trial
 
 
 def test_a_grid_runs_every_queued_rerun_before_it_stops(tmp_path):

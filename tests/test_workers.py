@@ -167,29 +167,33 @@ def _assert_gone(pids: list[int]) -> None:
     raise AssertionError(f"still running: {[p for p in pids if alive(p)]}")
 
 
-@pytest.mark.parametrize(("command", "to_group"), [
-    (("run", "--workers", "2", "-o", "BEST"), True), (("run", "--workers", "2", "-o", "BEST"), False),
-    (("worker", "--index", "0"), True)], ids=["run-ctrl-c", "run-kill-int", "worker-ctrl-c"])
+@pytest.mark.parametrize(("command", "how"), [
+    (("run", "--workers", "2", "-o", "BEST"), "ctrl-c"), (("run", "--workers", "2", "-o", "BEST"), "kill-int"),
+    (("run", "--workers", "2", "-o", "BEST"), "kill-9"), (("worker", "--index", "0"), "ctrl-c")],
+    ids=["run-ctrl-c", "run-kill-int", "run-kill-9", "worker-ctrl-c"])
 def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials(
-        tmp_path: Path, command: tuple[str, ...], to_group: bool) -> None:
-    """SIGINT to the terminal's process group (Ctrl-C) or to `lmtune run --workers 2` alone (kill -INT): the
-    workers and their trials stop, each interrupted trial is failed and queued again, and the next run completes
-    the budget counting it once."""
+        tmp_path: Path, command: tuple[str, ...], how: str) -> None:
+    """SIGINT to the terminal's process group (Ctrl-C) or to `lmtune run --workers 2` alone (kill -INT), or
+    `lmtune run` killed outright (its workers get SIGINT from the kernel): the workers and their trials stop,
+    each interrupted trial is failed and queued again, and the next run completes the budget counting it once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = _crash_config(tmp_path)
     best = str(tmp_path / "best.yaml")
     args = [best if a == "BEST" else a for a in command[1:]]
     run, victim, descendants = _worker_mid_trial(cfg, storage, command[0], str(cfg), *args)
     try:
-        if to_group:
+        if how == "ctrl-c":
             os.killpg(run.pid, signal.SIGINT)
         else:
-            run.send_signal(signal.SIGINT)
-        output = run.communicate(timeout=120)[0]
+            run.send_signal(signal.SIGKILL if how == "kill-9" else signal.SIGINT)
+        output = run.communicate(timeout=120)[0]  # for kill-9: until the workers, which share its stdout, end
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
+    if how == "kill-9":
+        assert run.returncode == -signal.SIGKILL, output
+    else:
+        assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
     _assert_gone(descendants)
     trials = optuna.load_study(study_name="test", storage=storage).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
@@ -197,7 +201,7 @@ def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials
     assert victim.number in {t.number for t in cut}
     assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in cut)
     queued = [t for t in trials if t.state == TrialState.WAITING]
-    assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut)
+    assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut), output
     lmtune("run", str(cfg), "--quiet", "-o", best)
     assert len(assert_complete(storage, 3)) == 3 + len(cut)
 

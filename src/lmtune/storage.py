@@ -14,11 +14,10 @@ import inspect
 import logging
 import os
 import re
-import signal
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from lmtune import interrupts
 from lmtune.errors import ConfigError
 
 PASSWORD_ENV = "LMTUNE_STORAGE_PASSWORD"
@@ -103,53 +103,23 @@ def open_storage(url: str, create: bool = True, *, heartbeat_interval: int = 30,
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"storage {mask_url(url)!r} cannot be opened: {mask_url(reason)}; check the URL, "
                           "that the server is running and the credentials") from None
-    _hold_ctrl_c_in_storage_calls()
+    interrupts.install()
     return storage
 
 
-# Ctrl-C inside a database call. A KeyboardInterrupt raised in the middle of SQLAlchemy's work can leave the
-# SQLite connection holding its lock while the exception is handled: the process's own clean-up (failing and
-# re-queueing its trial) and every other worker of the study then wait on that lock for the full 60 s timeout.
-# So while the main thread is inside a storage call, SIGINT is held, and raised as soon as the call returns.
-_calls_in_flight = 0
-_held_sigint = False
-_F = TypeVar("_F", bound=Any)
-
-
-def _on_sigint(signum: int, frame: Any) -> None:
-    global _held_sigint
-    if _calls_in_flight:
-        _held_sigint = True
-    else:
-        signal.default_int_handler(signum, frame)
-
-
-def _hold_ctrl_c_in_storage_calls() -> None:
-    """Install the SIGINT handler that holds Ctrl-C during storage calls, unless the program has its own."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _uninterrupted(method: _F) -> _F:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
-        global _calls_in_flight, _held_sigint
-        if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        with interrupts.held():
             return method(*args, **kwargs)
-        _calls_in_flight += 1
-        try:
-            return method(*args, **kwargs)
-        finally:
-            _calls_in_flight -= 1
-            if not _calls_in_flight and _held_sigint:
-                _held_sigint = False
-                raise KeyboardInterrupt  # the call is done: now the Ctrl-C it held
     return call  # type: ignore[return-value]
 
 
 class InterruptSafeStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose calls Ctrl-C never cuts short (see `_uninterrupted`)."""
+    """Optuna's RDBStorage whose calls Ctrl-C never cuts short (`lmtune.interrupts` says why)."""
 
 
 for _name, _method in vars(optuna.storages.RDBStorage).items():

@@ -6,6 +6,7 @@ benchmarks plug in. `tune()` is the same loop with lmtune's fine-tuning objectiv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lmtune import interrupts
 from lmtune.config import ExperimentConfig, ParamSpec, validate_config
 from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
@@ -73,7 +75,8 @@ class SharedStudy(optuna.Study):
                     return super().ask(fixed_distributions)
             if not running:
                 raise BudgetSpent
-            time.sleep(self.poll_seconds)
+            with interrupts.interruptible():
+                time.sleep(self.poll_seconds)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self)
@@ -233,9 +236,12 @@ class Study:
 
             cbs.append(stop_at_budget)
         self.optuna.budget = n_trials
+        # Trials run in this thread: Ctrl-C stops a trial's run or a wait, never Optuna's bookkeeping around them
+        # (`lmtune.interrupts`). With n_jobs > 1 this thread only waits on the others, and Ctrl-C comes at once.
         try:
-            self.optuna.optimize(lambda t: self._run_trial(objective, t, execute), timeout=timeout,
-                                 catch=(Exception,), callbacks=cbs, n_jobs=n_jobs)
+            with interrupts.held() if n_jobs == 1 else contextlib.nullcontext():
+                self.optuna.optimize(lambda t: self._run_trial(objective, t, execute), timeout=timeout,
+                                     catch=(Exception,), callbacks=cbs, n_jobs=n_jobs)
         except BudgetSpent:
             pass
         finally:
@@ -262,10 +268,11 @@ class Study:
         params.update(trial.user_attrs.get(OVERRIDES_ATTR) or {})  # set by whoever enqueued the trial
         ctx = TrialContext(trial, params, self.metric, is_baseline)
         try:
-            return (execute or evaluate)(objective, ctx)
+            with interrupts.interruptible():
+                return (execute or evaluate)(objective, ctx)
         except KeyboardInterrupt:  # Optuna then marks it failed
             self.requeue(self.optuna._storage.get_trial(trial._trial_id),
-                         "interrupted (Ctrl-C): queued to run again on the next run")
+                         "interrupted (SIGINT: Ctrl-C, or its `lmtune run` died): queued to run again on the next run")
             raise
 
     def requeue(self, cut: FrozenTrial, reason: str) -> None:

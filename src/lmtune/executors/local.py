@@ -134,10 +134,11 @@ def _run_trial(objective: Objective, cfg: ExperimentConfig, spec: TrialSpec, pru
     conn.send(run_attached(objective, cfg, spec, pruner))
 
 
-def _die_with_parent(parent: int) -> None:
-    """A trial whose worker was killed must stop too, or it would go on writing to a trial marked failed."""
+def _die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """A trial whose worker was killed must stop too, or it would go on writing to a trial marked failed.
+    `sig` is what this process gets when `parent` dies (a worker takes SIGINT: it stops as on Ctrl-C)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:
         os._exit(1)
 
@@ -188,10 +189,13 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
     return study
 
 
-def _worker_main(cfg_json: str, worker: int, workers: int, ready: Any) -> None:
+def _worker_main(cfg_json: str, worker: int, workers: int, ready: Any, run: int) -> None:
     # A process group of its own: a terminal's Ctrl-C reaches `lmtune run` alone, which passes it on once; a
-    # second SIGINT arriving mid-handling could cut the re-queueing of the interrupted trial short.
+    # second SIGINT arriving mid-handling could cut the re-queueing of the interrupted trial short. If `lmtune
+    # run` dies (SIGKILL, SIGTERM, a closed terminal), the worker gets that Ctrl-C from the kernel instead of
+    # running the rest of the budget on its own.
     os.setpgrp()
+    _die_with_parent(run, signal.SIGINT)
     try:
         work(ExperimentConfig.model_validate_json(cfg_json), worker, workers, ready)
     except LmtuneError as e:
@@ -207,8 +211,8 @@ def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callbac
     n = cfg.executor.workers or 1
     spawn = multiprocessing.get_context("spawn")  # a clean interpreter: nothing forked from this process
     ready = spawn.Barrier(n)
-    procs = [spawn.Process(target=_worker_main, args=(cfg.model_dump_json(), i, n, ready), name=f"lmtune-worker-{i}")
-             for i in range(n)]
+    procs = [spawn.Process(target=_worker_main, args=(cfg.model_dump_json(), i, n, ready, os.getpid()),
+                           name=f"lmtune-worker-{i}") for i in range(n)]
     seen = {t.number for t in study.trials if t.state.is_finished()}
     for p in procs:
         p.start()

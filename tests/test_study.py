@@ -263,6 +263,20 @@ def test_ctrl_c_in_optunas_bookkeeping_fails_and_requeues_the_trial(tmp_path, mo
     assert study.n_finished == 2 and study.trials[1].state == TrialState.COMPLETE  # the rerun, then a new trial
 
 
+@pytest.mark.parametrize("strategy", ["random", "grid"])
+def test_workers_propose_different_points_but_share_the_grid_order(tmp_path, strategy):
+    """Worker k of a study samples with seed + k; a grid's points must come in one order for every worker."""
+    space = {"x": {"low": 0.0, "high": 1.0}} if strategy == "random" else {"x": list(range(8))}
+
+    def first_proposals(worker, db):
+        study = Study("w", f"sqlite:///{tmp_path / db}", space=space, strategy=strategy, seed=0, worker=worker)
+        trials = [study.optuna.ask() for _ in range(3)]
+        return [study.space.suggest(t)["x"] for t in trials]
+
+    assert first_proposals(0, "a.db") == first_proposals(0, "b.db")
+    assert (first_proposals(1, "c.db") == first_proposals(0, "d.db")) == (strategy == "grid")
+
+
 def test_a_grid_runs_every_queued_rerun_before_it_stops(tmp_path):
     """Two grid points cut short (their workers interrupted) are queued again: resuming runs both reruns, though
     every grid point counts as visited once the first rerun is done."""

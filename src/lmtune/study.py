@@ -168,7 +168,8 @@ class Study:
                  strategy: str = "tpe", metric: str = "value", direction: str = "maximize", seed: int | None = 0,
                  n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None,
                  pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
-                 max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120):
+                 max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120,
+                 worker: int = 0):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
         self.metric, self.direction, self.strategy = metric, direction, strategy
@@ -179,10 +180,13 @@ class Study:
         storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         resumed = existing[study_name].n_trials if study_name in existing else 0
-        if seed is not None and resumed and sampler_name != "grid":  # a grid's order is fixed by its seed
-            # The same seed would replay the proposals already run (random search, TPE's startup trials):
-            # a resumed study seeds its sampler with the seed and the number of trials it holds.
-            seed = (seed * 1_000_003 + resumed) % 2**31
+        if seed is not None and sampler_name != "grid":  # a grid's seed orders the points all workers share
+            # Worker k samples with seed + k, so workers do not propose the same parameters. The same seed would
+            # replay the proposals already run (random search, TPE's startup trials): a resumed study seeds its
+            # sampler with the seed and the number of trials it holds.
+            seed += worker
+            if resumed:
+                seed = (seed * 1_000_003 + resumed) % 2**31
         sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
@@ -313,13 +317,11 @@ def default_startup_trials(n_trials: int | None) -> int:
 
 
 def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
-    """The config's study; worker k of a shared study seeds its sampler with seed + k, so workers do not
-    propose the same parameters (except a grid, whose seed orders the points every worker must agree on)."""
+    """The config's study, as worker `worker` of it opens it (see `Study`'s seed)."""
     search, ex = cfg.search, cfg.executor
-    offset = 0 if search.strategy == "grid" else worker
     return Study(
         cfg.study_name, cfg.storage, space=search.space, strategy=search.strategy, metric=cfg.objective.metric,
-        direction=cfg.objective.direction or "maximize", seed=None if search.seed is None else search.seed + offset,
+        direction=cfg.objective.direction or "maximize", seed=search.seed, worker=worker,
         heartbeat_interval=ex.heartbeat_interval, grace_period=ex.grace_period,
         n_startup_trials=search.n_startup_trials if search.n_startup_trials is not None
         else default_startup_trials(search.n_trials),

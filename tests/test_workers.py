@@ -96,18 +96,19 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
-def _crash_config(tmp_path: Path) -> Path:
+def _crash_config(tmp_path: Path, **executor: Any) -> Path:
     return write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 40,
                                          "eval_steps": 10, "eval_max_samples": 8},
                         search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
                                 "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
-                        executor={"heartbeat_interval": 1, "grace_period": 4})
+                        executor={"heartbeat_interval": 1, "grace_period": 4, **executor})
 
 
-def _worker_mid_trial(cfg: Path, storage: str, *command: str) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial,
-                                                                       list[int]]:
-    """`lmtune worker` (or `command`) started on `cfg`, once a trial is training in the trial's own process:
-    the process, that trial, and its descendants (for a worker: its trial server first, then the trial's)."""
+def _worker_mid_trial(cfg: Path, storage: str, *command: str, processes: int = 2
+                      ) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial, list[int]]:
+    """`lmtune worker` (or `command`) started on `cfg`, once a trial is training in the trial's own process (at
+    least `processes` descendants): the process, that trial, and its descendants (for a worker: its trial server
+    first, then the trial's)."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = command or ("worker", str(cfg), "--index", "0")
     worker = subprocess.Popen([sys.executable, "-m", "lmtune", *args], env=env, start_new_session=True,
@@ -121,7 +122,7 @@ def _worker_mid_trial(cfg: Path, storage: str, *command: str) -> tuple[subproces
             continue
         running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
         children = _descendants(worker.pid)
-        if running and len(children) >= 2 and running[0].intermediate_values:  # mid-training, in its child
+        if running and len(children) >= processes and running[0].intermediate_values:  # mid-training
             return worker, running[0], children
     worker.kill()
     raise AssertionError(f"the worker never reached the middle of a trial: {worker.communicate()[0][-2000:]}")
@@ -265,3 +266,28 @@ def test_ray_executor_runs_trials_as_ray_tasks(tmp_path: Path, ray_head: str) ->
     trials = assert_complete(storage, 4)
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.state, t.user_attrs) for t in trials]
     assert all(t.user_attrs["worker"].startswith("ray:") for t in trials)
+
+
+def test_ctrl_c_cancels_the_ray_tasks_and_the_next_run_reruns_their_trials(tmp_path: Path, ray_head: str) -> None:
+    """Optuna waits for the threads that wait on Ray tasks: Ctrl-C must cancel the tasks first, or it would take
+    effect only once the running trials had trained to the end."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = _crash_config(tmp_path, type="ray", threads_per_trial=1, workers=2)
+    best = str(tmp_path / "best.yaml")
+    run, victim, _ = _worker_mid_trial(cfg, storage, "run", str(cfg), "--address", ray_head, "-o", best,
+                                       processes=0)  # the trials train in the Ray head's worker processes
+    try:
+        run.send_signal(signal.SIGINT)
+        output = run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
+    trials = optuna.load_study(study_name="test", storage=storage).trials
+    cut = [t for t in trials if t.state == TrialState.FAIL]
+    assert victim.number in {t.number for t in cut} and not [t for t in trials if t.state == TrialState.RUNNING]
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in cut)
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut)
+    lmtune("run", str(cfg), "--address", ray_head, "--quiet", "-o", best)
+    assert len(assert_complete(storage, 3)) == 3 + len(cut)

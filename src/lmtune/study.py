@@ -275,9 +275,14 @@ class Study:
             with interrupts.interruptible():
                 return (execute or evaluate)(objective, ctx)
         except KeyboardInterrupt:  # Optuna then marks it failed
-            self.requeue(self.optuna._storage.get_trial(trial._trial_id),
-                         "interrupted (SIGINT: Ctrl-C, or its `lmtune run` died): queued to run again on the next run")
+            self.requeue_interrupted(trial)
             raise
+
+    def requeue_interrupted(self, trial: optuna.Trial) -> str:
+        """Queue a trial that Ctrl-C (or SIGINT) cut short to run again; the reason it records."""
+        reason = "interrupted (Ctrl-C or SIGINT): queued to run again on the next run"
+        self.requeue(self.optuna._storage.get_trial(trial._trial_id), reason)
+        return reason
 
     def requeue(self, cut: FrozenTrial, reason: str) -> None:
         """Record why `cut` stopped short and queue its parameters (and what it was queued with: baseline,

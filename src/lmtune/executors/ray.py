@@ -8,6 +8,8 @@ nodes need lmtune installed.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,14 +76,43 @@ def run_on_ray(cfg: ExperimentConfig, study: Study, objective: Objective, callba
     task = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     cfg_json = cfg.model_dump_json()
 
+    running: dict[int, Any] = {}  # trial number -> the Ray task training it
+    stopping = threading.Event()
+
     def execute(_objective: Objective, ctx: TrialContext) -> float:
+        if stopping.is_set():
+            raise TrialError(study.requeue_interrupted(ctx.trial))
+        running[ctx.number] = ref = task.remote(cfg_json, TrialSpec.of(ctx), study.optuna.pruner, cpus)
+        if stopping.is_set():  # Ctrl-C came while the task was submitted
+            ray.cancel(ref, force=True)
         try:
-            outcome = ray.get(task.remote(cfg_json, TrialSpec.of(ctx), study.optuna.pruner, cpus))
+            outcome = ray.get(ref)
         except Exception as e:  # the task's worker crashed or was killed: its trial fails with the reason
+            if stopping.is_set():
+                raise TrialError(study.requeue_interrupted(ctx.trial)) from None
             first = (str(e).strip().splitlines() or [""])[0]
             reason = mask_url(f"ray task failed: {type(e).__name__}: {first}")[:2000]
             ctx.set("fail_reason", reason)
             raise TrialError(reason) from None
+        finally:
+            running.pop(ctx.number, None)
         return settle(outcome)
 
-    optimize_config(cfg, study, objective, callbacks, execute, n_jobs=parallel)
+    # Trials wait on their tasks in threads, and Optuna waits for those threads before a KeyboardInterrupt leaves
+    # `optimize`: so Ctrl-C first cancels the running tasks, whose trials are then failed and queued again.
+    previous = signal.getsignal(signal.SIGINT)
+
+    def cancel_then_interrupt(signum: int, frame: Any) -> None:
+        stopping.set()
+        for ref in list(running.values()):
+            ray.cancel(ref, force=True)
+        previous(signum, frame)  # type: ignore[operator]
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread and callable(previous):
+        signal.signal(signal.SIGINT, cancel_then_interrupt)
+    try:
+        optimize_config(cfg, study, objective, callbacks, execute, n_jobs=parallel)
+    finally:
+        if on_main_thread and callable(previous):
+            signal.signal(signal.SIGINT, previous)

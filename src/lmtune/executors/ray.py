@@ -108,11 +108,12 @@ def run_on_ray(cfg: ExperimentConfig, study: Study, objective: Objective, callba
             ray.cancel(ref, force=True)
         previous(signum, frame)  # type: ignore[operator]
 
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread and callable(previous):
+    # Only the main thread may set a handler; a program that ignores SIGINT (a background job) keeps ignoring it.
+    catches = threading.current_thread() is threading.main_thread() and callable(previous)
+    if catches:
         signal.signal(signal.SIGINT, cancel_then_interrupt)
     try:
         optimize_config(cfg, study, objective, callbacks, execute, n_jobs=parallel)
     finally:
-        if on_main_thread and callable(previous):
+        if catches:
             signal.signal(signal.SIGINT, previous)

@@ -101,7 +101,6 @@ class Shared:
 def compute_oracle(args: argparse.Namespace, shared: Shared, path: Path) -> dict[str, Any]:
     """Train every grid config with every oracle seed (seed 42 first for all configs); saved after each run."""
     from lmtune.train.trainer import Trainer
-    from lmtune.trial import trial_train_config
 
     data: dict[str, Any] = {}
     if path.exists() and not args.recompute_oracle:
@@ -119,7 +118,7 @@ def compute_oracle(args: argparse.Namespace, shared: Shared, path: Path) -> dict
     t_start = time.perf_counter()
     for i, (seed, lr, sched) in enumerate(todo, 1):
         t0 = time.perf_counter()
-        tcfg = trial_train_config(shared.cfg.train, {"learning_rate": lr, "lr_scheduler_type": sched, "seed": seed})
+        tcfg = shared.cfg.train.with_params({"learning_rate": lr, "lr_scheduler_type": sched, "seed": seed})
         trainer = Trainer(shared.cfg.model, shared.cfg.data, tcfg, objective_metric="exact_match", maximize=True,
                           prepared=shared.prepared, tokenizer=shared.tokenizer).setup()
         result = trainer.train()
@@ -385,7 +384,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
 
-    from lmtune.study import quiet_libraries
+    from lmtune.quiet import quiet_libraries
 
     quiet_libraries()
     shared = Shared(args)

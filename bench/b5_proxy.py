@@ -75,14 +75,14 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[st
 
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     from lmtune import tune
-    from lmtune.results import cost_of
+    from lmtune.records import TrialRecord
 
     cfg = variant_config(variant, seed, args)
     t0 = time.perf_counter()
     study = tune(cfg)
     seconds = time.perf_counter() - t0
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    full_flops = statistics.fmean(cost_of(t)["flops"] for t in done)
+    full_flops = statistics.fmean(TrialRecord(t).cost["flops"] for t in done)
     out: dict[str, Any] = {"seconds": seconds, "target_trials": len(study.trials)}
     if variant == "direct":
         ordered = sorted(done, key=lambda t: t.number)
@@ -95,7 +95,8 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
         from lmtune.results import load_study
 
         proxy = load_study(cfg["storage"], info["proxy_study"])
-        proxy_flops = sum(cost_of(t)["flops"] for t in proxy.trials)  # counted in full by both sharing variants
+        # counted in full by both sharing variants
+        proxy_flops = sum(TrialRecord(t).cost["flops"] for t in proxy.trials)
         out["final"] = {"fte": proxy_flops / full_flops + len(done), "proxy_fte_target": proxy_flops / full_flops,
                         "config": best.params, "search_value": best.value,
                         "proxy_best": max(t.value for t in proxy.trials if t.value is not None)}
@@ -106,14 +107,13 @@ def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str
     """Mean validation exact match over the oracle's seeds, as the oracle was measured."""
     from lmtune.config import validate_config
     from lmtune.train.trainer import Trainer
-    from lmtune.trial import trial_train_config
 
     key = f"{config['learning_rate']:.6g}|{config['lr_scheduler_type']}"
     if key not in cache:
         cfg = validate_config(base(args, "eval", args.workdir / "eval.db"))
         scores = []
         for s in SEEDS:
-            train = trial_train_config(cfg.train, {**config, "seed": s})
+            train = cfg.train.with_params({**config, "seed": s})
             scores.append(Trainer(cfg.model, cfg.data, train, objective_metric="exact_match",
                                   maximize=True).setup().train().metrics["exact_match"])
         cache[key] = {"seeds": scores, "mean": statistics.fmean(scores)}

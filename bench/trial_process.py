@@ -26,7 +26,8 @@ import yaml
 
 from lmtune.config import validate_config
 from lmtune.executors.local import TrialServer, warm_up
-from lmtune.study import open_study, quiet_libraries
+from lmtune.quiet import quiet_libraries
+from lmtune.study import open_study
 from lmtune.trial import FineTuneObjective
 
 

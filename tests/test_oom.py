@@ -17,8 +17,8 @@ from transformers import LlamaForCausalLM
 
 from lmtune import tune
 from lmtune.config import validate_config
+from lmtune.train.oom import is_out_of_memory, train_fitting_memory
 from lmtune.train.trainer import Trainer
-from lmtune.trial import is_out_of_memory, train_fitting_memory
 
 MAX_FIT = 4
 

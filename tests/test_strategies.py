@@ -182,3 +182,17 @@ def test_pbt_member_that_diverges_is_pruned_and_the_population_goes_on(tmp_path)
     for t in complete:  # the rest trained to the end, exploiting only each other
         assert t.user_attrs["cost"]["steps"] == 12 and t.user_attrs["schedule"][-1]["learning_rate"] == 3e-3
     assert study.optuna.user_attrs["pbt"]["best_trial"] in {t.number for t in complete}
+
+
+def test_every_strategy_name_the_config_accepts_has_a_sampler_and_a_pruner() -> None:
+    from typing import get_args
+
+    from lmtune.config import CombinedName, StrategyName
+    from lmtune.space import SearchSpace
+    from lmtune.strategies import COMBINED, create_pruner, create_sampler, resolve
+
+    assert set(COMBINED) == set(get_args(CombinedName))
+    space = SearchSpace({"x": {"low": 1, "high": 3}})
+    for name in get_args(StrategyName):
+        sampler, pruner = resolve(name, None)
+        assert create_sampler(sampler, space) is not None and create_pruner(pruner) is not None

@@ -20,14 +20,15 @@ from rich.table import Table
 from rich.text import Text
 
 from lmtune.config import ExecutorConfig, ExperimentConfig, TrainConfig, load_config, validate_section
-from lmtune.display import LiveDisplay, fmt, log_trial, trials_table
+from lmtune.display import LiveDisplay, log_trial, trials_table
 from lmtune.errors import ConfigError, LmtuneError
+from lmtune.records import StudyRecord
 from lmtune.results import (
     best_config,
     best_trial,
     compare,
+    fmt,
     load_study,
-    metric_of,
     selection_cost,
     study_cost,
     write_comparison,
@@ -78,9 +79,9 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
         console.print("[yellow]no completed trial yet[/]")
         return
     cost = study_cost(study.get_trials(deepcopy=False))
-    console.print(f"[bold]best trial {best.number}[/]: {metric_of(study)} = {fmt(best.value)}")
-    if study.user_attrs.get("selection"):
-        console.print(selection_table(study.user_attrs["selection"]))
+    console.print(f"[bold]best trial {best.number}[/]: {StudyRecord(study).metric} = {fmt(best.value)}")
+    if StudyRecord(study).selection:
+        console.print(selection_table(StudyRecord(study).selection))
     comp = compare(study)
     if comp is not None:
         table = Table(title="baseline vs tuned")
@@ -90,7 +91,7 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
             table.add_row(name, fmt(b), fmt(t))
         console.print(table)
         console.print(f"[bold]{comp.verdict}[/]")
-        for flag in (study.user_attrs.get("selection") or {}).get("flags", []):
+        for flag in (StudyRecord(study).selection or {}).get("flags", []):
             console.print(f"[yellow]note:[/] {flag}", highlight=False)
         if output is not None:
             files = write_comparison(comp, output.with_name(output.stem + "_comparison"))
@@ -101,11 +102,11 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
     if extra:
         console.print(f"selection cost: {extra['runs']} re-training runs, {extra['fte']:.2f} FTE, "
                       f"{extra['wall_seconds']:.0f} s (on top of the study's)")
-    stages = study.user_attrs.get("stages")
+    stages = StudyRecord(study).stages
     if stages and stages.get("proxy_fte_target") is not None:
         console.print(f"proxy stage ({stages['proxy_study']}): {stages['proxy_trials']} trials, "
                       f"{stages['proxy_fte_target']:.2f} FTE in target runs by training FLOPs (on top of the study's)")
-    if output is not None and study.user_attrs.get("config"):
+    if output is not None and StudyRecord(study).config:
         output.write_text(yaml.safe_dump(best_config(study), sort_keys=False))
         console.print(f"best config written to {output}")
 
@@ -123,7 +124,7 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         executor: Annotated[str | None, typer.Option(help="local or ray (override executor.type)")] = None,
         address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None) -> None:
     """Run (or resume) the tuning study a config describes, then show the best config against the baseline."""
-    from lmtune.study import tune
+    from lmtune.pipeline import tune  # torch and transformers: only the commands that train import them
 
     try:
         cfg = _load(config, storage, study)
@@ -203,7 +204,7 @@ def train(config: ConfigArg,
                                                                        "e.g. --set learning_rate=3e-3")] = None,
           output_dir: Annotated[Path | None, typer.Option(help="save the trained model here")] = None) -> None:
     """Train once with the config's baseline (`train:`) values, or with --set overrides; no study."""
-    from lmtune.study import quiet_libraries
+    from lmtune.quiet import quiet_libraries
     from lmtune.train.trainer import Trainer
 
     try:
@@ -219,8 +220,7 @@ def train(config: ConfigArg,
         train_cfg = validate_section(TrainConfig, {**cfg.train.model_dump(), **overrides}, "train", "(--set)")
         quiet_libraries()
         with _step_bar("training") as on_step:
-            trainer = Trainer(cfg.model, cfg.data, train_cfg, objective_metric=cfg.objective.metric,
-                              maximize=cfg.objective.direction == "maximize", progress=on_step).setup()
+            trainer = Trainer.from_config(cfg, train_cfg, progress=on_step).setup()
             result = trainer.train()
         table = Table(title="evaluation")
         table.add_column("metric")
@@ -293,9 +293,8 @@ def select(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
     """Re-train the study's top-k configs (and the baseline) with several seeds, score them on the held-out test
     split, and pick the robust winner; the result is stored in the study."""
     from lmtune.config import SelectConfig
+    from lmtune.quiet import quiet_libraries
     from lmtune.select import run_selection
-    from lmtune.study import quiet_libraries
-    from lmtune.trial import FineTuneObjective
 
     try:
         cfg = _load(config, storage, study)
@@ -308,7 +307,7 @@ def select(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
         st = load_study(cfg.storage, cfg.study_name)
         quiet_libraries()
         with _step_bar("selection") as on_step:
-            run_selection(cfg, st, FineTuneObjective(cfg, progress=on_step))
+            run_selection(cfg, st, progress=on_step)
         print_best(st, output)  # the selection table first
     except LmtuneError as e:
         _fail(e)

@@ -16,12 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import ConfigError
+from lmtune.train.metrics import METRICS, metrics_on_test
 
 _M = TypeVar("_M", bound=BaseModel)
-METRICS_TO_MAXIMIZE = ("exact_match", "token_f1", "tokens_per_second")
-METRICS_TO_MINIMIZE = ("eval_loss", "perplexity", "train_loss", "train_seconds")
-METRICS = METRICS_TO_MAXIMIZE + METRICS_TO_MINIMIZE
-TEST_METRICS = ("eval_loss", "perplexity", "exact_match", "token_f1")  # what an evaluation of a split measures
+# The names a config may give; `lmtune.strategies` maps each to its Optuna sampler and pruner.
+SamplerName = Literal["grid", "random", "tpe", "gp"]
+PrunerName = Literal["none", "asha", "hyperband", "median"]
+CombinedName = Literal["auto", "asha", "hyperband", "pbt"]  # a sampler with a pruner, or PBT
+StrategyName = Literal[SamplerName, CombinedName]
 
 
 class _Strict(BaseModel):
@@ -134,6 +136,15 @@ class TrainConfig(_Strict):
     torch_num_threads: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     output_dir: str | None = None
+
+    def with_params(self, params: dict[str, Any]) -> TrainConfig:
+        """These training arguments with a trial's parameters applied, validated together."""
+        try:
+            return TrainConfig.model_validate({**self.model_dump(), **params})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ValueError(f"invalid combination of parameters {params}: {'.'.join(map(str, err['loc']))}: "
+                             f"{err['msg']}") from None
 
     @field_validator("augmentation")
     @classmethod
@@ -253,9 +264,9 @@ class PBTConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    strategy: Literal["grid", "random", "tpe", "gp", "auto", "asha", "hyperband", "pbt"] = "tpe"
+    strategy: StrategyName = "tpe"
     preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
-    pruner: Literal["none", "asha", "hyperband", "median"] | None = Field(
+    pruner: PrunerName | None = Field(
         None, description="None = the strategy's own (auto: hyperband, asha: asha, hyperband: hyperband)")
     min_resource: int | None = Field(None, ge=1, description="pruning: optimizer steps before the first rung")
     reduction_factor: int = Field(3, ge=2, description="pruning: keep 1/reduction_factor of trials per rung")
@@ -332,15 +343,17 @@ class ObjectiveConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric {v!r}; choose from {list(METRICS)}")
-        return v
+        return _known_metric(v)
 
     @model_validator(mode="after")
     def _direction(self) -> ObjectiveConfig:
         if self.direction is None:
-            self.direction = "maximize" if self.metric in METRICS_TO_MAXIMIZE else "minimize"
+            self.direction = "maximize" if METRICS[self.metric].maximize else "minimize"
         return self
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
 
 
 class SelectConfig(_Strict):
@@ -388,9 +401,7 @@ class ProxyStageConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
-        if v is not None and v not in METRICS:
-            raise ValueError(f"unknown metric {v!r}; choose from {list(METRICS)}")
-        return v
+        return v if v is None else _known_metric(v)
 
 
 class LocalSearchConfig(_Strict):
@@ -558,10 +569,10 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _selection_scores_test_metrics(self) -> ExperimentConfig:
-        if self.select is not None and self.objective.metric not in TEST_METRICS:
+        if self.select is not None and self.objective.metric not in metrics_on_test():
             raise ValueError(f"select: the selection phase scores configs on the test split, where "
                              f"{self.objective.metric!r} is not measured; use objective.metric one of "
-                             f"{list(TEST_METRICS)}, or remove select")
+                             f"{metrics_on_test()}, or remove select")
         return self
 
     @field_validator("storage")
@@ -578,6 +589,12 @@ _TAKES_EFFECT_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
     "momentum": ("optim", ("sgd", "rmsprop")),
     **dict.fromkeys(("adam_beta1", "adam_beta2"), ("optim", ("adamw",))),
 }
+
+
+def _known_metric(name: str) -> str:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose from {list(METRICS)}")
+    return name
 
 
 def _check_acyclic(space: dict[str, ParamSpec]) -> None:

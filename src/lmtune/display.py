@@ -25,43 +25,28 @@ from rich.text import Text
 
 from lmtune.config import ExperimentConfig
 from lmtune.errors import LmtuneError
+from lmtune.records import StudyRecord, TrialRecord
 from lmtune.results import (
-    BASELINE_ATTR,
-    SHOWN_METRICS,
     best_trial,
-    cost_of,
+    fmt,
     is_active,
     load_study,
-    metric_of,
+    pbt_members,
+    ranked_trials,
     searched_space,
     study_cost,
     trial_status,
 )
+from lmtune.train.metrics import shown_metrics
 
 BEST_ROWS = 10
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials with a finite value, best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
-    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    return sorted(done, key=lambda t: (sign * t.value, t.number))  # type: ignore[operator]
 
 
 def trials_table(study: optuna.Study, limit: int | None = None, title: str | None = None,
                  best_first: bool = False) -> Table:
     """Finished trials with their metrics, cost and parameters: all (or the last `limit`) in order, or with
     `best_first` the `limit` best completed ones."""
-    metric = metric_of(study)
+    metric = StudyRecord(study).metric
     if best_first:
         trials = ranked_trials(study)[:limit]
     else:
@@ -75,13 +60,13 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
     for col in ("#", "state", *metric_cols, "FTE", "s", *params):
         table.add_column(col, overflow="fold")
     for t in trials:
-        m = t.user_attrs.get("metrics", {})
-        state = t.state.name.lower() + (" (baseline)" if t.user_attrs.get("baseline") else "")
+        m = TrialRecord(t).metrics
+        state = t.state.name.lower() + (" (baseline)" if TrialRecord(t).is_baseline else "")
         reason = trial_reason(t)
         if reason:
             state += f": {reason[:80]}"
         style = "bold green" if best is not None and t.number == best.number else None
-        c = cost_of(t)
+        c = TrialRecord(t).cost
         values = _trained_values(t, params, space)
         table.add_row(str(t.number), state, *(fmt(m.get(k)) for k in metric_cols), fmt(c.get("fte")),
                       fmt(c.get("wall_seconds"), 3), *(fmt(values.get(p), 3) for p in params), style=style)
@@ -91,15 +76,15 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
 def trial_reason(t: FrozenTrial) -> str:
     """Why a trial failed, or why a pruned one diverged; empty for the rest."""
     if t.state == TrialState.FAIL:
-        return str(t.user_attrs.get("fail_reason", ""))
-    return str(t.user_attrs.get("prune_reason", "")) if t.state == TrialState.PRUNED else ""
+        return TrialRecord(t).fail_reason
+    return TrialRecord(t).prune_reason if t.state == TrialState.PRUNED else ""
 
 
 def _trained_values(t: FrozenTrial, names: list[str], space: dict[str, Any]) -> dict[str, Any]:
     """The values of `names` the trial trained with: a baseline value outside the space is no Optuna param,
     and an out-of-memory retry changed the batch settings, so the training arguments have the last word;
     a conditional parameter the trial did not use (momentum with adamw) is left out."""
-    hparams = t.user_attrs.get("hparams", {})
+    hparams = (TrialRecord(t).hparams or {})
     values = {**t.params, **{p: v for p, v in hparams.items() if p in names}}
     context = {**hparams, **values}  # a condition on a fixed value (no Optuna param) reads the training argument
     return {k: v for k, v in values.items() if is_active(space, k, context)}
@@ -114,12 +99,12 @@ def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
         if studies[-1:] != [study.study_name]:  # proxy tuning runs two studies, each numbering from 0
             studies.append(study.study_name)
             console.print(f"study {study.study_name}:", highlight=False)
-        m = trial.user_attrs.get("metrics", {})
-        extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in SHOWN_METRICS if k in m})
+        m = TrialRecord(trial).metrics
+        extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in shown_metrics() if k in m})
         space = searched_space(study)
         values = _trained_values(trial, [*trial.params, *space], space)
         params = " ".join(f"{k}={fmt(v)}" for k, v in values.items())
-        console.print(f"trial {trial.number} {trial_status(trial)}: {metric_of(study)}={fmt(trial.value)} "
+        console.print(f"trial {trial.number} {trial_status(trial)}: {StudyRecord(study).metric}={fmt(trial.value)} "
                       f"{params} {extra}", highlight=False, soft_wrap=True)
 
     return log
@@ -268,17 +253,16 @@ class LiveDisplay:
         if members:
             m = members[self.segments % len(members)]
             self.segments += 1
-            return f"trial {m.number} (member {m.user_attrs['pbt_member']})"
+            return f"trial {m.number} (member {TrialRecord(m).pbt_member})"
         study = self._study()
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []
         if not running:
             return "trial"
-        return f"trial {running[-1].number}" + (" (baseline)" if running[-1].user_attrs.get(BASELINE_ATTR) else "")
+        return f"trial {running[-1].number}" + (" (baseline)" if TrialRecord(running[-1]).is_baseline else "")
 
     def _members(self) -> list[FrozenTrial]:
         study = self._study()
-        trials = study.get_trials(deepcopy=False) if study else []
-        return sorted((t for t in trials if "pbt_member" in t.user_attrs), key=lambda t: t.user_attrs["pbt_member"])
+        return pbt_members(study) if study else []
 
     def _study(self) -> optuna.Study | None:
         """The study being run: known from the first finished trial, read from storage before that."""

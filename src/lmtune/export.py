@@ -15,6 +15,7 @@ import optuna
 import yaml
 
 from lmtune.config import TrainConfig
+from lmtune.records import StudyRecord
 from lmtune.results import best_config
 
 # Same name and meaning in lmtune's TrainConfig and HF TrainingArguments.
@@ -76,7 +77,7 @@ def export(study: optuna.Study, fmt: str, output: Path) -> list[Path]:
         output.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return [output]
     train = TrainConfig.model_validate(cfg["train"])
-    model_dir = (study.user_attrs.get("best_model") or {}).get("dir")
+    model_dir = StudyRecord(study).best_model.get("dir")
     args, extra = training_arguments(train, train.output_dir or f"{cfg.get('study_name', 'lmtune')}-final")
     output.write_text(json.dumps(args, indent=2) + "\n")
     written = [output]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from optuna.trial import TrialState
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from lmtune import records
 from lmtune.config import (
     BudgetConfig,
     ExperimentConfig,
@@ -35,16 +36,9 @@ from lmtune.config import (
     run_dir,
 )
 from lmtune.errors import LmtuneError
-from lmtune.results import BASELINE_ATTR, cost_of
-from lmtune.study import (
-    OVERRIDES_ATTR,
-    TRANSFER_ATTR,
-    Callback,
-    Study,
-    default_startup_trials,
-    open_tuning_study,
-    run_trials,
-)
+from lmtune.records import TrialRecord
+from lmtune.results import ranked_trials
+from lmtune.study import Study, default_startup_trials, open_tuning_study
 from lmtune.train.data import load_splits
 from lmtune.train.model import load_tokenizer, resolve_path
 
@@ -193,26 +187,46 @@ def narrowed_space(space: dict[str, ParamSpec], center: dict[str, Any], factor: 
 
 
 # ---------------------------------------------------------------------------------------------------- stages
-def run_stages(cfg: ExperimentConfig, objective: Any, search: Callable[[ExperimentConfig], Study],
-               callbacks: Iterable[Callback] = ()) -> Study:
-    """Stage 1 (`search` on the proxy config), then stage 2 on the target with `objective`: the baseline, the
-    transferred top-k and the optional local search. Returns the target study; its `stages` attribute records
-    the transfer and both stages' cost."""
-    stages = _stages(cfg)
-    n_train = len(load_splits(cfg.data).train)
-    proxy_cfg = proxy_config(cfg, build_proxy_model(cfg), n_train)
-    proxy = search(proxy_cfg)
+@dataclass
+class ProxyStage:
+    """Stage 1: the proxy's experiment, and the target's training rows (the data ratio is taken against them)."""
 
-    if not _top_k(proxy.optuna, 1):
-        reasons = {t.user_attrs.get("fail_reason", t.state.name.lower()) for t in proxy.trials}
-        raise LmtuneError(f"the proxy stage ({proxy.name}) has no completed trial to transfer; its trials ended "
-                          f"with: {sorted(reasons)[:3]}")
+    cfg: ExperimentConfig
+    n_train: int
+
+
+@dataclass
+class TargetStage:
+    """Stage 2: the target study with the baseline and the transferred configs queued, and the config that runs
+    it (its own trial count, no FTE budget, the narrowed space of a local search)."""
+
+    cfg: ExperimentConfig
+    study: Study
+    width_ratio: float
+    data_ratio: float
+    steps_ratio: float
+
+
+def plan_proxy(cfg: ExperimentConfig) -> ProxyStage:
+    """Build the proxy model and the proxy's experiment config."""
+    n_train = len(load_splits(cfg.data).train)
+    return ProxyStage(proxy_config(cfg, build_proxy_model(cfg), n_train), n_train)
+
+
+def plan_target(cfg: ExperimentConfig, proxy: ProxyStage, proxy_study: Study) -> TargetStage:
+    """Open the target study and queue its stage-2 trials: the baseline, then the proxy's top-k transferred by
+    the declared rules (once each, so a resumed stage 2 does not queue them again)."""
+    stages = _stages(cfg)
+    if not _top_k(proxy_study.optuna, 1):
+        reasons = {TrialRecord(t).fail_reason or t.state.name.lower() for t in proxy_study.trials}
+        raise LmtuneError(f"the proxy stage ({proxy_study.name}) has no completed trial to transfer; its trials "
+                          f"ended with: {sorted(reasons)[:3]}")
     rules = stages.transfer
-    width_ratio = _hidden_size(proxy_cfg) / _hidden_size(cfg)
-    data_ratio = n_train / (proxy_cfg.data.max_train_samples or n_train)
+    width_ratio = _hidden_size(proxy.cfg) / _hidden_size(cfg)
+    data_ratio = proxy.n_train / (proxy.cfg.data.max_train_samples or proxy.n_train)
     steps_ratio = 1.0 / stages.proxy.steps_fraction
     moved = [(t, *transfer(dict(t.params), rules, width_ratio, data_ratio, steps_ratio,
-                           cfg.train.gradient_accumulation_steps)) for t in _top_k(proxy.optuna, rules.top_k)]
+                           cfg.train.gradient_accumulation_steps)) for t in _top_k(proxy_study.optuna, rules.top_k)]
     space = dict(cfg.search.space)
     local = rules.local_search
     if local is not None and moved:
@@ -220,38 +234,40 @@ def run_stages(cfg: ExperimentConfig, objective: Any, search: Callable[[Experime
     target_cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})})
     target = open_tuning_study(target_cfg)
     target.enqueue_baseline()  # trial 0 of the target study, before the transferred configs
-    done = {t.user_attrs.get(TRANSFER_ATTR) for t in target.trials}
+    done = {t.user_attrs.get(records.TRANSFERRED_FROM) for t in target.trials}
     for t, params, overrides in moved:
         if t.number not in done:
-            target.optuna.enqueue_trial(params, user_attrs={TRANSFER_ATTR: t.number, OVERRIDES_ATTR: overrides,
-                                                            "proxy_value": t.value})
+            target.optuna.enqueue_trial(params, user_attrs={records.TRANSFERRED_FROM: t.number,
+                                                            records.OVERRIDES: overrides,
+                                                            records.PROXY_VALUE: t.value})
     n_target = int(target.baseline is not None) + len(moved) + (local.n_trials if local else 0)
     # Stage 2 runs where the search would (here, local workers or Ray), with its own trial count and no budget.
     startup = target_cfg.search.n_startup_trials
     stage2 = target_cfg.search.model_copy(update={  # the startup trials the target study was opened with
         "n_trials": n_target, "budget": BudgetConfig(),
         "n_startup_trials": default_startup_trials(cfg.search.n_trials) if startup is None else startup})
-    run_trials(target_cfg.model_copy(update={"search": stage2, "stages": None}), target, objective, callbacks)
-    target.optuna.set_user_attr("stages", _summary(proxy, target, width_ratio, data_ratio, steps_ratio))
-    return target
+    return TargetStage(target_cfg.model_copy(update={"search": stage2, "stages": None}), target, width_ratio,
+                       data_ratio, steps_ratio)
+
+
+def record_stages(proxy_study: Study, target: TargetStage) -> None:
+    """Store the transfer's ratios and both stages' cost on the target study."""
+    target.study.optuna.set_user_attr(records.STAGES, _summary(proxy_study, target))
 
 
 def _top_k(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value) and not t.user_attrs.get(BASELINE_ATTR)]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: -t.value if maximize else t.value)[:k]  # type: ignore[operator]
+    return [t for t in ranked_trials(study) if not TrialRecord(t).is_baseline][:k]
 
 
-def _summary(proxy: Study, target: Study, width_ratio: float, data_ratio: float,
-             steps_ratio: float) -> dict[str, Any]:
+def _summary(proxy: Study, target: TargetStage) -> dict[str, Any]:
     """Both stages' cost in target full-training equivalents, by training FLOPs."""
-    full = [cost_of(t) for t in target.trials if t.state == TrialState.COMPLETE and cost_of(t).get("steps")]
+    costs = [TrialRecord(t).cost for t in target.study.trials if t.state == TrialState.COMPLETE]
+    full = [c for c in costs if c.get("steps")]
     per_full = statistics.fmean(c["flops"] / c["steps"] * c["planned_steps"] for c in full) if full else None
-    proxy_flops = sum(cost_of(t).get("flops", 0.0) for t in proxy.trials)
-    target_flops = sum(cost_of(t).get("flops", 0.0) for t in target.trials)
-    return {"proxy_study": proxy.name, "proxy_trials": len(proxy.trials),
-            "width_ratio": width_ratio, "data_ratio": data_ratio, "steps_ratio": steps_ratio,
+    proxy_flops = sum(TrialRecord(t).cost.get("flops", 0.0) for t in proxy.trials)
+    target_flops = sum(TrialRecord(t).cost.get("flops", 0.0) for t in target.study.trials)
+    return {"proxy_study": proxy.name, "proxy_trials": len(proxy.trials), "width_ratio": target.width_ratio,
+            "data_ratio": target.data_ratio, "steps_ratio": target.steps_ratio,
             "proxy_fte_target": proxy_flops / per_full if per_full else None,
             "target_fte": target_flops / per_full if per_full else None}
 

@@ -6,6 +6,7 @@ Pure functions over Optuna's frozen trials, so the CLI, the Python API and later
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.config import SEARCHABLE
 from lmtune.errors import ConfigError
+from lmtune.records import StudyRecord, TrialRecord
 from lmtune.storage import mask_url, open_storage
-
-BASELINE_ATTR = "baseline"
-SHOWN_METRICS = ("exact_match", "token_f1", "eval_loss", "perplexity", "tokens_per_second")
+from lmtune.train.metrics import METRICS, shown_metrics
 
 
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
@@ -35,12 +35,23 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=store)
 
 
-def metric_of(study: optuna.Study) -> str:
-    return str(study.user_attrs.get("metric", "value"))
+def fmt(v: Any, digits: int = 4) -> str:
+    """A value as tables show it: floats to `digits` significant digits, a missing value as a dash."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
 
 
-def cost_of(trial: FrozenTrial) -> dict[str, float]:
-    return dict(trial.user_attrs.get("cost") or {})
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials with a finite value, best first (ties: the earlier trial first)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    sign = -1 if StudyRecord(study).maximize else 1
+    return sorted(done, key=lambda t: (sign * t.value, t.number))  # type: ignore[operator]
 
 
 def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
@@ -51,7 +62,7 @@ def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
         if not t.state.is_finished():
             continue
         total["trials"] += 1
-        for k, v in cost_of(t).items():
+        for k, v in TrialRecord(t).cost.items():
             if k in total:
                 total[k] += v
     return total
@@ -59,7 +70,7 @@ def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
 
 def searched_space(study: optuna.Study) -> dict[str, Any]:
     """The search space the study's config declared (name -> the ParamSpec as stored), or {}."""
-    return ((study.user_attrs.get("config") or {}).get("search") or {}).get("space") or {}
+    return (StudyRecord(study).config.get("search") or {}).get("space") or {}
 
 
 def is_active(space: dict[str, Any], name: str, values: dict[str, Any]) -> bool:
@@ -72,7 +83,7 @@ def is_active(space: dict[str, Any], name: str, values: dict[str, Any]) -> bool:
 
 def selection_cost(study: optuna.Study) -> dict[str, float] | None:
     """What the stored selection phase's re-training cost, on top of the trials (None: no selection)."""
-    selection = study.user_attrs.get("selection")
+    selection = StudyRecord(study).selection
     if not selection:
         return None
     runs = [s["cost"] for r in selection["candidates"] + selection.get("failed", [])
@@ -87,14 +98,14 @@ def trial_status(t: FrozenTrial) -> str:
     if t.state == TrialState.FAIL:
         return "failed"
     if t.state == TrialState.COMPLETE:
-        return "early stopped" if t.user_attrs.get("stop_reason") == "early_stopping" else "complete"
+        return "early stopped" if TrialRecord(t).stop_reason == "early_stopping" else "complete"
     return "running"
 
 
 def trial_curve(t: FrozenTrial, metric: str) -> list[tuple[int, dict[str, float]]]:
     """The trial's evaluations as (optimizer step, metrics): lmtune's ``curve`` attribute, else the bare
     numbers a user objective reported (named `metric`)."""
-    curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
+    curve = [c for c in TrialRecord(t).curve if "step" in c]
     if curve:
         return [(int(c["step"]), {k: v for k, v in c.items() if k != "step"}) for c in curve]
     return [(int(s), {metric: v}) for s, v in sorted(t.intermediate_values.items())]
@@ -103,7 +114,7 @@ def trial_curve(t: FrozenTrial, metric: str) -> list[tuple[int, dict[str, float]
 def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     """The baseline's completed run, else its latest attempt (an interrupted or crashed baseline is queued
     again, so a study can hold several)."""
-    marked = [t for t in trials if t.user_attrs.get(BASELINE_ATTR)]
+    marked = [t for t in trials if TrialRecord(t).is_baseline]
     return next((t for t in marked if t.state == TrialState.COMPLETE), marked[-1] if marked else None)
 
 
@@ -112,6 +123,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:
         return None
+
+
+def pbt_members(study: optuna.Study) -> list[FrozenTrial]:
+    """A PBT study's members, in population order."""
+    members = [(TrialRecord(t).pbt_member, t) for t in study.get_trials(deepcopy=False)]
+    return [t for _, t in sorted(((m, t) for m, t in members if m is not None), key=lambda mt: mt[0])]
 
 
 @dataclass
@@ -125,16 +142,10 @@ class Comparison:
 
 def tuned_trial(study: optuna.Study) -> FrozenTrial | None:
     """The final pick: the selection phase's robust winner when it ran, else the search's best trial."""
-    selection = study.user_attrs.get("selection")
+    selection = StudyRecord(study).selection
     if selection:
         return study.get_trials(deepcopy=False)[selection["winner"]]
     return best_trial(study)
-
-
-def trained_hparams(trial: FrozenTrial) -> dict[str, Any]:
-    """The training arguments a trial ran with. A PBT member's model comes from a schedule: like Ray Tune,
-    report its final values (the schedule is kept beside them)."""
-    return dict(trial.user_attrs.get("hparams") or trial.user_attrs.get("hparams_final") or trial.params)
 
 
 def compare(study: optuna.Study) -> Comparison | None:
@@ -144,21 +155,22 @@ def compare(study: optuna.Study) -> Comparison | None:
     base, tuned = baseline_trial(trials), tuned_trial(study)
     if tuned is None:
         return None
-    metric = metric_of(study)
+    stored = StudyRecord(study)
+    metric = stored.metric
     rows: list[tuple[str, Any, Any]] = []
-    b_h, t_h = (trained_hparams(base) if base else {}), trained_hparams(tuned)
+    b_h, t_h = (TrialRecord(base).trained_hparams if base else {}), TrialRecord(tuned).trained_hparams
     space = searched_space(study)
     for key in SEARCHABLE:  # every searched hyperparameter, and any other that differs, where either uses it
         if key in t_h and (key in space or b_h.get(key) != t_h.get(key)) and (
                 is_active(space, key, t_h) or is_active(space, key, b_h)):
             rows.append((key, b_h.get(key), t_h.get(key)))
-    b_m = base.user_attrs.get("metrics", {}) if base else {}
-    t_m = tuned.user_attrs.get("metrics", {})
-    for key in dict.fromkeys((metric, *SHOWN_METRICS)):
+    b_m = TrialRecord(base).metrics if base else {}
+    t_m = TrialRecord(tuned).metrics
+    for key in dict.fromkeys((metric, *shown_metrics())):
         if key in t_m:
-            label = "training tokens/s" if key == "tokens_per_second" else f"validation {key}"
+            label = METRICS[key].row_label if key in METRICS else f"validation {key}"
             rows.append((label, b_m.get(key), t_m[key]))
-    selection = study.user_attrs.get("selection")
+    selection = stored.selection
     test = {r["trial"]: r for r in selection["candidates"]} if selection else {}
     if test:
         def fmt(r: dict[str, Any] | None) -> str | None:
@@ -167,18 +179,18 @@ def compare(study: optuna.Study) -> Comparison | None:
         n = len(next(iter(test.values()))["per_seed"])
         rows.append((f"test {metric} ({n} seeds)", fmt(test.get(base.number) if base else None),
                      fmt(test.get(tuned.number))))
-    rows.append(("cost (FTE)", cost_of(base).get("fte") if base else None, cost_of(tuned).get("fte")))
-    rows.append(("cost (seconds)", cost_of(base).get("wall_seconds") if base else None,
-                 cost_of(tuned).get("wall_seconds")))
+    b_c, t_c = (TrialRecord(base).cost if base else {}), TrialRecord(tuned).cost
+    rows.append(("cost (FTE)", b_c.get("fte"), t_c.get("fte")))
+    rows.append(("cost (seconds)", b_c.get("wall_seconds"), t_c.get("wall_seconds")))
     if base is None:
         return Comparison(rows, "no baseline trial in this study (search.baseline was off)", False)
     if base.state != TrialState.COMPLETE or base.value is None:
         return Comparison(rows, f"the baseline trial did not complete ({base.state.name.lower()}: "
-                                f"{base.user_attrs.get('fail_reason', 'no reason recorded')})", True)
+                                f"{TrialRecord(base).fail_reason or 'no reason recorded'})", True)
     if tuned.number == base.number:
         where = "on test data" if test else f"({metric} = {base.value:.4g})"
         return Comparison(rows, f"the baseline is already the best configuration {where}", False)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = stored.maximize
     if test and base.number in test:
         b, t = test[base.number]["test_mean"], test[tuned.number]["test_mean"]
         change = f"{metric} {b:.4g} -> {t:.4g} ({t - b:+.4g}), trial {tuned.number}"
@@ -225,8 +237,8 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     best = tuned_trial(study)
     if best is None:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
-    cfg = dict(study.user_attrs.get("config") or {})
+    cfg = StudyRecord(study).config
     train = dict(cfg.get("train") or {})
-    train.update(trained_hparams(best))
+    train.update(TrialRecord(best).trained_hparams)
     cfg["train"] = train
     return cfg

@@ -8,20 +8,20 @@ them on the test split, which the search never saw, gives an estimate users can 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
+from lmtune import records
 from lmtune.config import ExperimentConfig, run_dir
 from lmtune.errors import DivergedError, LmtuneError, OutOfMemoryError
-from lmtune.results import BASELINE_ATTR
-from lmtune.train.trainer import Trainer
-from lmtune.trial import FineTuneObjective, cost_of, free_memory, train_fitting_memory, trial_train_config
+from lmtune.records import StudyRecord, TrialRecord
+from lmtune.results import ranked_trials
+from lmtune.train.oom import free_memory, train_fitting_memory
+from lmtune.train.trainer import PreparedData, Progress, Trainer, prepare
 
 
 @dataclass
@@ -34,25 +34,22 @@ class Candidate:
 
 def candidates(study: optuna.Study, top_k: int, include_baseline: bool) -> list[Candidate]:
     """The baseline trial (when asked) and the top-k completed, non-PBT trials by search value."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value) and "pbt_member" not in t.user_attrs
-            and "hparams" in t.user_attrs]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(done, key=lambda t: -t.value if maximize else t.value)  # type: ignore[operator]
-    picked = [t for t in ranked if not t.user_attrs.get(BASELINE_ATTR)][:top_k]
-    base = next((t for t in done if t.user_attrs.get(BASELINE_ATTR)), None)
+    done = [t for t in ranked_trials(study)
+            if TrialRecord(t).pbt_member is None and TrialRecord(t).hparams is not None]
+    picked = [t for t in done if not TrialRecord(t).is_baseline][:top_k]
+    base = next((t for t in done if TrialRecord(t).is_baseline), None)
     if include_baseline and base is not None:
         picked = [base, *picked]
     if not picked:
         raise LmtuneError(f"study {study.study_name!r} has no completed trial to select from")
-    return [Candidate(t.number, bool(t.user_attrs.get(BASELINE_ATTR)), t.user_attrs["hparams"], t.value)
+    return [Candidate(t.number, TrialRecord(t).is_baseline, TrialRecord(t).hparams or {}, t.value)
             for t in picked]
 
 
 def selection_is_current(cfg: ExperimentConfig, study: optuna.Study) -> bool:
     """True when the stored selection already covers these candidates, seeds and rule (a resumed run that
     added no better trial does not retrain anything)."""
-    stored = study.user_attrs.get("selection")
+    stored = StudyRecord(study).selection
     if not stored or cfg.select is None:
         return False
     wanted = {c.trial for c in candidates(study, cfg.select.top_k, cfg.select.include_baseline)}
@@ -62,36 +59,36 @@ def selection_is_current(cfg: ExperimentConfig, study: optuna.Study) -> bool:
         set(r["per_seed"]) | set(r.get("errors", {})) == seeds for r in checked)
 
 
-def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTuneObjective | None = None) -> dict:
+def run_selection(cfg: ExperimentConfig, study: optuna.Study, prepared: tuple[Any, PreparedData] | None = None,
+                  progress: Progress | None = None) -> dict:
     """Train every candidate with every seed, score validation and test, pick the winner, keep its model.
+    `prepared` is the experiment's tokenizer and data (`prepare(cfg)`), when a caller has them already.
 
     The result is stored as the study's ``selection`` attribute and returned.
     """
     sel = cfg.select
     if sel is None:
         raise LmtuneError("no select: section in the config; add e.g. select: {top_k: 3, seeds: [0, 1, 2]}")
-    objective = objective or FineTuneObjective(cfg)
-    tokenizer, prepared = objective.prepare()
-    if not prepared.test:
+    prepared = prepared or prepare(cfg)
+    if not prepared[1].test:
         raise LmtuneError("the selection phase needs a test split; set data.test_fraction > 0 or data.test_path")
-    metric, maximize = cfg.objective.metric, cfg.objective.direction == "maximize"
+    metric, maximize = cfg.objective.metric, cfg.objective.maximize
     workdir = run_dir(cfg) / "selection"
     rows, failed = [], []
     cands = candidates(study, sel.top_k, sel.include_baseline)
     for cand in cands:
         per_seed, errors = {}, {}
         for seed in sel.seeds:
-            train_cfg = trial_train_config(cfg.train, {**cand.hparams, "seed": seed, "output_dir": None})
+            train_cfg = cfg.train.with_params({**cand.hparams, "seed": seed, "output_dir": None})
             try:
-                trainer = train_fitting_memory(train_cfg, cfg.search.oom_retries, lambda c: Trainer(
-                    cfg.model, cfg.data, c, objective_metric=metric, maximize=maximize, prepared=prepared,
-                    tokenizer=tokenizer, progress=objective.progress))
+                trainer = train_fitting_memory(train_cfg, cfg.search.oom_retries, lambda c: Trainer.from_config(
+                    cfg, c, prepared=prepared, progress=progress))
             except (DivergedError, OutOfMemoryError) as e:  # this seed's failure, not the selection's
                 errors[str(seed)] = str(e)
                 continue
             result = trainer.result
             test = trainer.evaluate("test")
-            per_seed[str(seed)] = {"validation": _clean(result.metrics), "test": test, "cost": cost_of(result)}
+            per_seed[str(seed)] = {"validation": result.final_metrics, "test": test, "cost": result.cost()}
             if len(per_seed) == 1:
                 trainer.save(workdir / f"trial-{cand.trial}", result)
             del trainer  # before the next seed loads its own model
@@ -119,15 +116,11 @@ def run_selection(cfg: ExperimentConfig, study: optuna.Study, objective: FineTun
     (workdir / f"trial-{winner}").rename(best_dir)
     (best_dir / "selection.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)
-    study.set_user_attr("selection", report)
+    study.set_user_attr(records.SELECTION, report)
     winner_row = next(r for r in rows if r["trial"] == winner)
-    study.set_user_attr("best_model", {"trial": winner, "dir": str(best_dir.resolve()), "selected": True,
+    study.set_user_attr(records.BEST_MODEL, {"trial": winner, "dir": str(best_dir.resolve()), "selected": True,
                                        "metrics": winner_row["per_seed"][str(sel.seeds[0])]["validation"]})
     return report
-
-
-def _clean(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k != "step"}
 
 
 def _summarise(cand: Candidate, per_seed: dict[str, dict], metric: str, maximize: bool) -> dict[str, Any]:

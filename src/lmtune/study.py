@@ -1,7 +1,8 @@
-"""A tuning study on Optuna storage: open or resume it, run trials until the budget is spent, read results.
+"""The engine: a tuning study on Optuna storage, opened or resumed, running trials until a budget is spent.
 
 `Study` is generic: it optimises any `objective(trial) -> float | dict` over a `SearchSpace`, which is how the
-benchmarks plug in. `tune()` is the same loop with lmtune's fine-tuning objective.
+benchmarks plug in. `open_tuning_study` and `optimize_config` open and run one from an experiment config;
+`lmtune.pipeline.tune` puts the fine-tuning objective, executors, proxy stages and selection around it.
 """
 
 from __future__ import annotations
@@ -18,23 +19,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lmtune import interrupts
-from lmtune.config import ExperimentConfig, ParamSpec, validate_config
+from lmtune import interrupts, records
+from lmtune.config import ExperimentConfig, ParamSpec
 from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
-from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
+from lmtune.results import baseline_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage, strip_password, study_lock
 from lmtune.strategies import create_pruner, create_sampler, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# An enqueued trial may fix training arguments outside the search space (proxy transfer does).
-OVERRIDES_ATTR = "overrides"
-TRANSFER_ATTR = "transferred_from"  # the proxy trial a stage-2 trial was transferred from
-# System attribute of a rerun queued by `Study.requeue`: the numbers of the cut-short trials it replaces. Kept
-# apart from Optuna's retry_history, so that an interrupted trial's rerun still gets its one crash retry.
-REQUEUED_ATTR = "requeued_from"
-# What whoever queued a trial attached for it to run with (not what it produced): a re-queued trial keeps these.
-QUEUED_INPUTS = (BASELINE_ATTR, OVERRIDES_ATTR, TRANSFER_ATTR, "proxy_value")
 
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -45,7 +38,7 @@ def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         replaced = {n for t in trials for n in [*optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t),
-                                                *t.system_attrs.get(REQUEUED_ATTR, [])]}
+                                                *t.system_attrs.get(records.REQUEUED_FROM, [])]}
     return [t for t in trials if t.state in FINISHED and t.number not in replaced]
 
 
@@ -107,9 +100,9 @@ class TrialContext:
         if math.isfinite(value):
             self.trial.report(float(value), step)
         if not isinstance(metrics, int | float):
-            curve = list(self.trial.user_attrs.get("curve", []))
+            curve = list(self.trial.user_attrs.get(records.CURVE, []))
             curve.append({k: float(v) for k, v in metrics.items()})
-            self.trial.set_user_attr("curve", curve)
+            self.trial.set_user_attr(records.CURVE, curve)
         self.pruned = not self.is_baseline and self.trial.should_prune()
         return self.pruned
 
@@ -130,25 +123,25 @@ def evaluate(objective: Objective, ctx: TrialContext) -> float:
     except DivergedError as e:
         # A NaN/inf loss says the configuration is bad, not that the trial broke: pruned, so samplers
         # learn from it like any other stopped trial and the failure list keeps only real failures.
-        trial.set_user_attr("stop_reason", "diverged")
-        trial.set_user_attr("prune_reason", mask_url(str(e))[:2000])
+        trial.set_user_attr(records.STOP_REASON, "diverged")
+        trial.set_user_attr(records.PRUNE_REASON, mask_url(str(e))[:2000])
         raise optuna.TrialPruned(str(e)) from None
     except OutOfMemoryError as e:
-        trial.set_user_attr("fail_reason", mask_url(str(e))[:2000])  # "oom: ...", a reason code first
+        trial.set_user_attr(records.FAIL_REASON, mask_url(str(e))[:2000])  # "oom: ...", a reason code first
         raise
     except Exception as e:
-        trial.set_user_attr("fail_reason", mask_url(f"{type(e).__name__}: {e}")[:2000])
+        trial.set_user_attr(records.FAIL_REASON, mask_url(f"{type(e).__name__}: {e}")[:2000])
         raise
     metrics = {ctx.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in out.items()}
     if ctx.metric not in metrics:
         raise ConfigError(f"the objective returned {sorted(metrics)} without the study metric {ctx.metric!r}")
-    trial.set_user_attr("metrics", metrics)
+    trial.set_user_attr(records.METRICS, metrics)
     value = metrics[ctx.metric]
     if ctx.pruned:
-        trial.set_user_attr("stop_reason", "pruned")
+        trial.set_user_attr(records.STOP_REASON, "pruned")
         raise optuna.TrialPruned()
     if not math.isfinite(value):
-        trial.set_user_attr("fail_reason", f"objective {ctx.metric} is {value}")
+        trial.set_user_attr(records.FAIL_REASON, f"objective {ctx.metric} is {value}")
     return value
 
 
@@ -194,10 +187,10 @@ class Study:
                               "use another study_name or the same objective")
         optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction, load_if_exists=True)
         self.optuna = SharedStudy(study_name, storage_obj, sampler=sampler, pruner=pruner_obj)
-        stored_metric = self.optuna.user_attrs.get("metric")
+        stored_metric = self.optuna.user_attrs.get(records.STUDY_METRIC)
         if stored_metric is None:
-            self.optuna.set_user_attr("metric", metric)
-            self.optuna.set_user_attr("strategy", strategy)
+            self.optuna.set_user_attr(records.STUDY_METRIC, metric)
+            self.optuna.set_user_attr(records.STUDY_STRATEGY, strategy)
         elif stored_metric != metric:
             raise ConfigError(f"study {study_name!r} optimises {stored_metric!r}, this run asks for {metric!r}; "
                               "use another study_name or the same objective.metric")
@@ -262,14 +255,14 @@ class Study:
         if self.baseline is None:
             return
         with study_lock(self.optuna._storage, self.name):
-            if any(t.user_attrs.get(BASELINE_ATTR) for t in self.optuna.get_trials(deepcopy=False)):
+            if any(records.TrialRecord(t).is_baseline for t in self.optuna.get_trials(deepcopy=False)):
                 return
-            self.optuna.enqueue_trial(self.space.clip_to_space(self.baseline), user_attrs={BASELINE_ATTR: True})
+            self.optuna.enqueue_trial(self.space.clip_to_space(self.baseline), user_attrs={records.BASELINE: True})
 
     def _run_trial(self, objective: Objective, trial: optuna.Trial, execute: Execute | None) -> float:
-        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        is_baseline = bool(trial.user_attrs.get(records.BASELINE))
         params = self.space.suggest(trial, baseline=self.baseline if is_baseline else None)
-        params.update(trial.user_attrs.get(OVERRIDES_ATTR) or {})  # set by whoever enqueued the trial
+        params.update(trial.user_attrs.get(records.OVERRIDES) or {})  # set by whoever enqueued the trial
         ctx = TrialContext(trial, params, self.metric, is_baseline)
         try:
             with interrupts.interruptible():
@@ -287,9 +280,11 @@ class Study:
     def requeue(self, cut: FrozenTrial, reason: str) -> None:
         """Record why `cut` stopped short and queue its parameters (and what it was queued with: baseline,
         proxy transfer; its grid point) to run again; `counted` then counts the rerun, not `cut`."""
-        self.optuna._storage.set_trial_user_attr(cut._trial_id, "fail_reason", reason)
-        inputs = {k: v for k, v in cut.user_attrs.items() if k in QUEUED_INPUTS}
-        system = {**cut.system_attrs, REQUEUED_ATTR: [*cut.system_attrs.get(REQUEUED_ATTR, []), cut.number]}
+        self.optuna._storage.set_trial_user_attr(cut._trial_id, records.FAIL_REASON, reason)
+        inputs = {k: v for k, v in cut.user_attrs.items() if k in records.QUEUED_INPUTS}
+        # Kept apart from Optuna's retry_history, so that an interrupted trial's rerun still gets its one crash retry.
+        previous = cut.system_attrs.get(records.REQUEUED_FROM, [])
+        system = {**cut.system_attrs, records.REQUEUED_FROM: [*previous, cut.number]}
         self.optuna.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=cut.params, distributions=cut.distributions, user_attrs=inputs,
             system_attrs=system))
@@ -323,105 +318,32 @@ def default_startup_trials(n_trials: int | None) -> int:
 
 def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
     """The config's study, as worker `worker` of it opens it (see `Study`'s seed)."""
-    search, ex = cfg.search, cfg.executor
+    sc, ex = cfg.search, cfg.executor
     return Study(
-        cfg.study_name, cfg.storage, space=search.space, strategy=search.strategy, metric=cfg.objective.metric,
-        direction=cfg.objective.direction or "maximize", seed=search.seed, worker=worker,
+        cfg.study_name, cfg.storage, space=sc.space, strategy=sc.strategy, metric=cfg.objective.metric,
+        direction=cfg.objective.direction or "maximize", seed=sc.seed, worker=worker,
         heartbeat_interval=ex.heartbeat_interval, grace_period=ex.grace_period,
-        n_startup_trials=search.n_startup_trials if search.n_startup_trials is not None
-        else default_startup_trials(search.n_trials),
-        baseline=cfg.train.model_dump() if search.baseline else None,
-        pruner=search.pruner, min_resource=search.min_resource, reduction_factor=search.reduction_factor,
+        n_startup_trials=sc.n_startup_trials if sc.n_startup_trials is not None
+        else default_startup_trials(sc.n_trials),
+        baseline=cfg.train.model_dump() if sc.baseline else None,
+        pruner=sc.pruner, min_resource=sc.min_resource, reduction_factor=sc.reduction_factor,
     )
 
 
 def open_tuning_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
     """The study of a config, with the config stored on first use (the report and `best` read it back)."""
     study = open_study(cfg, worker)
-    if "config" not in study.optuna.user_attrs:
+    if records.CONFIG not in study.optuna.user_attrs:
         stored = json.loads(cfg.model_dump_json())
         stored["storage"] = strip_password(cfg.storage)  # the study's readers need not learn the password
-        study.optuna.set_user_attr("config", stored)
+        study.optuna.set_user_attr(records.CONFIG, stored)
     return study
-
-
-def tune(config: ExperimentConfig | dict[str, Any], callbacks: Iterable[Callback] = (),
-         trial_progress: Callable[[int, int, float], None] | None = None) -> Study:
-    """Run (or resume) the tuning study an experiment config describes and return it."""
-    from lmtune.tracking import create_trackers
-    from lmtune.trial import FineTuneObjective
-
-    cfg = validate_config(config)
-    callbacks = list(callbacks)
-    cfg.search.check_tunable()
-    quiet_libraries()
-    objective = FineTuneObjective(cfg, progress=trial_progress)
-    objective.prepare()  # a bad dataset or model path fails here, before the study is touched
-    if cfg.stages is not None:
-        from lmtune.proxy import run_stages
-
-        target_callbacks = [*callbacks, *create_trackers(cfg)]  # the proxy stage's search tracks its own study
-        study = run_stages(cfg, objective, lambda c: search(c, FineTuneObjective(c, progress=trial_progress),
-                                                            callbacks), target_callbacks)
-    else:
-        study = search(cfg, objective, callbacks)
-    if cfg.select is not None:
-        from lmtune.select import run_selection, selection_is_current
-
-        if not selection_is_current(cfg, study.optuna):
-            run_selection(cfg, study.optuna, objective)
-    return study
-
-
-def search(cfg: ExperimentConfig, objective: Any, callbacks: Iterable[Callback] = ()) -> Study:
-    """The search stage: the config's strategy and budget over its space, with a fine-tuning objective."""
-    from lmtune.tracking import create_trackers
-    from lmtune.trial import run_pbt
-
-    objective.prepare()
-    callbacks = [*callbacks, *create_trackers(cfg)]
-    study = open_tuning_study(cfg)
-    if cfg.search.strategy == "pbt":
-        for member in run_pbt(cfg, study, objective, callbacks):
-            frozen = study.optuna.get_trials(deepcopy=False)[member.trial.number]
-            for callback in callbacks:
-                callback(study.optuna, frozen)
-    else:
-        run_trials(cfg, study, objective, callbacks)
-    return study
-
-
-def run_trials(cfg: ExperimentConfig, study: Study, objective: Objective, callbacks: Iterable[Callback] = ()) -> None:
-    """The study's trials, up to the config's budgets, where its executor runs them: here, in local worker
-    processes or as Ray tasks."""
-    if cfg.executor.type == "ray":
-        from lmtune.executors.ray import run_on_ray
-
-        run_on_ray(cfg, study, objective, callbacks)
-    elif cfg.executor.workers is not None:
-        from lmtune.executors.local import run_workers
-
-        study.enqueue_baseline()
-        run_workers(cfg, study, callbacks)
-    else:
-        optimize_config(cfg, study, objective, callbacks)
 
 
 def optimize_config(cfg: ExperimentConfig, study: Study, objective: Objective, callbacks: Iterable[Callback] = (),
                     execute: Execute | None = None, n_jobs: int = 1) -> Study:
     """`Study.optimize` with the config's budgets."""
-    search = cfg.search
-    return study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout, callbacks=callbacks,
-                          budget_fte=search.budget.fte, budget_device_hours=search.budget.device_hours,
+    sc = cfg.search
+    return study.optimize(objective, n_trials=sc.n_trials, timeout=sc.timeout, callbacks=callbacks,
+                          budget_fte=sc.budget.fte, budget_device_hours=sc.budget.device_hours,
                           execute=execute, n_jobs=n_jobs)
-
-
-def quiet_libraries() -> None:
-    """lmtune prints its own progress; Optuna's per-trial INFO lines and HF's load bars would drown it."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    # peft asks every LoRA model this through a name transformers 5 deprecates: one warning per trial.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -24,7 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.config import ExperimentConfig, run_dir
 from lmtune.errors import ConfigError
-from lmtune.results import BASELINE_ATTR, cost_of, metric_of, trial_curve, trial_status
+from lmtune.records import StudyRecord, TrialRecord
+from lmtune.results import trial_curve, trial_status
 
 Tracker = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -50,26 +51,26 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
 
 def trial_points(study: optuna.Study, t: FrozenTrial) -> Iterator[tuple[str, float, int]]:
     """Every scalar a tracker records for a trial, as (name, value, step)."""
-    curve = trial_curve(t, metric_of(study))
+    curve = trial_curve(t, StudyRecord(study).metric)
     for step, metrics in curve:
         for k, v in _numbers(metrics).items():
             yield k, v, step
-    last = curve[-1][0] if curve else int(cost_of(t).get("steps", 0))
-    for k, v in _numbers(t.user_attrs.get("metrics") or {}).items():
+    last = curve[-1][0] if curve else int(TrialRecord(t).cost.get("steps", 0))
+    for k, v in _numbers(TrialRecord(t).metrics).items():
         yield f"final/{k}", v, last
-    for k, v in _numbers(cost_of(t)).items():
+    for k, v in _numbers(TrialRecord(t).cost).items():
         yield f"cost/{k}", v, last
-    for change in t.user_attrs.get("schedule") or []:
+    for change in TrialRecord(t).schedule:
         for k, v in _numbers({k: v for k, v in change.items() if k != "step"}).items():
             yield f"hparam/{k}", v, int(change.get("step", 0))
 
 
 def _tags(study: optuna.Study, t: FrozenTrial) -> dict[str, str]:
     tags = {"lmtune.study": study.study_name, "lmtune.trial": str(t.number), "lmtune.state": trial_status(t),
-            "lmtune.baseline": str(bool(t.user_attrs.get(BASELINE_ATTR))).lower()}
-    if "pbt_member" in t.user_attrs:
-        tags["lmtune.pbt_member"] = str(t.user_attrs["pbt_member"])
-    reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("stop_reason")
+            "lmtune.baseline": str(TrialRecord(t).is_baseline).lower()}
+    if TrialRecord(t).pbt_member is not None:
+        tags["lmtune.pbt_member"] = str(TrialRecord(t).pbt_member)
+    reason = TrialRecord(t).fail_reason or TrialRecord(t).stop_reason
     if reason:
         tags["lmtune.reason"] = str(reason)[:5000]
     return tags

@@ -23,10 +23,13 @@ from typing import Any
 
 import optuna
 
+from lmtune import records
 from lmtune.config import ExperimentConfig
 from lmtune.errors import LmtuneError
 from lmtune.executors import TrialError, TrialSpec, run_attached, settle, worker_name
-from lmtune.study import Callback, Objective, Study, TrialContext, open_tuning_study, optimize_config, quiet_libraries
+from lmtune.quiet import quiet_libraries
+from lmtune.study import Callback, Objective, Study, TrialContext, open_tuning_study, optimize_config
+from lmtune.trial import FineTuneObjective
 
 _PR_SET_PDEATHSIG = 1
 
@@ -69,9 +72,9 @@ class TrialServer:
         theirs.close()
 
     def __call__(self, _objective: Objective, ctx: TrialContext) -> float:
-        ctx.set("worker", worker_name())
+        ctx.set(records.WORKER, worker_name())
         if self.gpus:
-            ctx.set("cuda_visible_devices", ",".join(self.gpus))
+            ctx.set(records.CUDA_VISIBLE_DEVICES, ",".join(self.gpus))
         try:
             self._conn.send((TrialSpec.of(ctx), ctx.trial.study.pruner))
             outcome, exitcode = self._conn.recv()
@@ -83,13 +86,13 @@ class TrialServer:
             self._server.join(timeout=5)
             self.died = (f"the trial server of worker {worker_name()} died (exit code {self._server.exitcode}); "
                          "this worker can run no more trials and stopped")
-            ctx.set("fail_reason", self.died)
+            ctx.set(records.FAIL_REASON, self.died)
             ctx.trial.study.stop()
             raise TrialError(self.died) from None
         if outcome is None:
             reason = (f"the trial's process died with exit code {exitcode} (-9 is SIGKILL, often the "
                       "out-of-memory killer)")
-            ctx.set("fail_reason", reason)
+            ctx.set(records.FAIL_REASON, reason)
             raise TrialError(reason)
         return settle(outcome)
 
@@ -165,8 +168,6 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
     workers start claiming trials together.
     """
     import torch
-
-    from lmtune.trial import FineTuneObjective
 
     torch.set_num_threads(1)  # one thread runs no OpenMP parallel region, which would hang every forked child
     quiet_libraries()

@@ -15,20 +15,20 @@ from typing import Any
 
 import optuna
 
+from lmtune import records
 from lmtune.config import ExperimentConfig
 from lmtune.errors import ConfigError
 from lmtune.executors import Outcome, TrialError, TrialSpec, run_attached, settle, worker_name
+from lmtune.quiet import quiet_libraries
 from lmtune.storage import mask_url
 from lmtune.study import Callback, Objective, Study, TrialContext, optimize_config
+from lmtune.trial import FineTuneObjective
 
 _objectives: dict[str, Any] = {}  # one prepared objective per config, per Ray worker process
 
 
 def _run_task(cfg_json: str, spec: TrialSpec, pruner: optuna.pruners.BasePruner, threads: int) -> Outcome:
     import torch
-
-    from lmtune.study import quiet_libraries
-    from lmtune.trial import FineTuneObjective
 
     torch.set_num_threads(threads)
     if cfg_json not in _objectives:
@@ -41,7 +41,7 @@ def _run_task(cfg_json: str, spec: TrialSpec, pruner: optuna.pruners.BasePruner,
 
 def _tagged(objective: Objective, name: str) -> Objective:
     def run(ctx: TrialContext) -> Any:
-        ctx.set("worker", name)
+        ctx.set(records.WORKER, name)
         return objective(ctx)
 
     return run
@@ -92,7 +92,7 @@ def run_on_ray(cfg: ExperimentConfig, study: Study, objective: Objective, callba
                 raise TrialError(study.requeue_interrupted(ctx.trial)) from None
             first = (str(e).strip().splitlines() or [""])[0]
             reason = mask_url(f"ray task failed: {type(e).__name__}: {first}")[:2000]
-            ctx.set("fail_reason", reason)
+            ctx.set(records.FAIL_REASON, reason)
             raise TrialError(reason) from None
         finally:
             running.pop(ctx.number, None)

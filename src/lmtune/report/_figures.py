@@ -19,11 +19,10 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
-from lmtune.results import BASELINE_ATTR, best_trial, cost_of, metric_of, trial_curve, trial_status
+from lmtune.records import StudyRecord, TrialRecord
+from lmtune.results import best_trial, ranked_trials, trial_curve, trial_status
+from lmtune.train.metrics import METRICS, is_plotted
 
-# Curve keys that are bookkeeping, not quality.
-_NOT_METRICS = {"step", "train_seconds", "elapsed_seconds", "tokens_per_second"}
-_CURVE_METRICS = ("eval_loss", "exact_match", "token_f1", "perplexity", "train_loss")
 _STATE_STYLE = {  # how a trial's learning curve ends: (line dash, end marker)
     "complete": ("solid", "circle"),
     "early stopped": ("dot", "square"),
@@ -49,12 +48,7 @@ def _quiet(fn: Callable[..., go.Figure], *args: Any, **kwargs: Any) -> go.Figure
 
 
 def _label(t: FrozenTrial) -> str:
-    return f"trial {t.number}" + (" (baseline)" if t.user_attrs.get(BASELINE_ATTR) else "")
-
-
-def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
+    return f"trial {t.number}" + (" (baseline)" if TrialRecord(t).is_baseline else "")
 
 
 def _style(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
@@ -66,16 +60,16 @@ def _style(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
 
 # ------------------------------------------------------------------------------------------------ Optuna's plots
 def history(study: optuna.Study) -> Plot:
-    metric, title = metric_of(study), "Optimization history"
-    if not complete_trials(study):
+    metric, title = StudyRecord(study).metric, "Optimization history"
+    if not ranked_trials(study):
         return Plot("history", title, None, "No completed trial yet.")
     fig = _quiet(optuna.visualization.plot_optimization_history, study, target_name=metric)
     return Plot("history", title, _style(fig, f"{title}: {metric} per trial and best so far"))
 
 
 def parallel(study: optuna.Study) -> Plot:
-    metric, title = metric_of(study), "Parallel coordinates"
-    done = complete_trials(study)
+    metric, title = StudyRecord(study).metric, "Parallel coordinates"
+    done = ranked_trials(study)
     if not done or not any(t.params for t in done):
         return Plot("parallel", title, None, "Needs a completed trial with searched parameters.")
     fig = _quiet(optuna.visualization.plot_parallel_coordinate, study, target_name=metric)
@@ -84,8 +78,8 @@ def parallel(study: optuna.Study) -> Plot:
 
 def importances(study: optuna.Study) -> tuple[dict[str, float], Plot]:
     """Optuna's fANOVA importance (PED-ANOVA when scikit-learn is missing), or why it cannot be computed."""
-    metric, title = metric_of(study), "Parameter importance"
-    done = complete_trials(study)
+    metric, title = StudyRecord(study).metric, "Parameter importance"
+    done = ranked_trials(study)
     varying = {p for p in {k for t in done for k in t.params}
                if len({repr(t.params.get(p)) for t in done}) > 1}
     if len(done) < 2 or not varying:
@@ -103,7 +97,7 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], Plot]:
             evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
         # Optuna ranks only the parameters every trial has; a baseline value outside the space is not a param
         # of trial 0, which would drop it (often the learning rate) from the ranking: rank the searched trials'.
-        searched = [set(t.params) for t in done if not t.user_attrs.get(BASELINE_ATTR)]
+        searched = [set(t.params) for t in done if not TrialRecord(t).is_baseline]
         params = (sorted(set.intersection(*searched) & varying) or None) if searched else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -117,8 +111,8 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], Plot]:
 
 
 def slices(study: optuna.Study, params: list[str]) -> Plot:
-    metric, title = metric_of(study), "Slice plots"
-    if not complete_trials(study) or not params:
+    metric, title = StudyRecord(study).metric, "Slice plots"
+    if not ranked_trials(study) or not params:
         return Plot("slices", title, None, "Needs a completed trial with searched parameters.")
     fig = _quiet(optuna.visualization.plot_slice, study, params=params, target_name=metric)
     fig = _style(fig, f"{title}: {metric} against {', '.join(params)}", height=420)
@@ -129,26 +123,26 @@ def slices(study: optuna.Study, params: list[str]) -> Plot:
 # ------------------------------------------------------------------------------------------------ lmtune's plots
 def _curve_points(t: FrozenTrial, metric: str) -> tuple[list[float], dict[str, list[float | None]]]:
     curve = trial_curve(t, metric)
-    keys = [k for k in dict.fromkeys(k for _, c in curve for k in c) if k not in _NOT_METRICS]
+    keys = [k for k in dict.fromkeys(k for _, c in curve for k in c) if is_plotted(k)]
     return [float(s) for s, _ in curve], {k: [c.get(k) for _, c in curve] for k in keys}
 
 
 def learning_curves(study: optuna.Study) -> Plot:
     """One line per trial over its evaluations; pruned, early-stopped and failed trials end in a marker."""
-    metric, title = metric_of(study), "Learning curves"
+    metric, title = StudyRecord(study).metric, "Learning curves"
     best = best_trial(study)
     data = [(t, *_curve_points(t, metric)) for t in study.get_trials(deepcopy=False)]
     data = [d for d in data if d[1]]
     if not data:
         return Plot("curves", title, None, "No trial has reported an evaluation yet.")
     available = set().union(*(set(d[2]) for d in data))
-    metrics = [m for m in dict.fromkeys((metric, *_CURVE_METRICS, *sorted(available))) if m in available]
+    metrics = [m for m in dict.fromkeys((metric, *METRICS, *sorted(available))) if m in available]
     fig = go.Figure()
     for t, steps, values in data:
         status = trial_status(t)
         dash, symbol = _STATE_STYLE[status]
         n = len(steps)
-        special = t.user_attrs.get(BASELINE_ATTR) or (best is not None and t.number == best.number)
+        special = TrialRecord(t).is_baseline or (best is not None and t.number == best.number)
         end_size = 12 if status != "complete" else 6
         params = "<br>".join(f"{k} = {_short(v)}" for k, v in t.params.items())
         fig.add_trace(go.Scatter(
@@ -188,19 +182,19 @@ def pareto_front(points: list[tuple[float, float, Any]], maximize: bool) -> list
 
 def quality_vs_cost(study: optuna.Study) -> Plot:
     """Each finished trial's quality against what it cost, with the Pareto front of the completed ones."""
-    metric, title = metric_of(study), "Quality vs cost"
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    metric, title = StudyRecord(study).metric, "Quality vs cost"
+    maximize = StudyRecord(study).maximize
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        q = t.value if t.state == TrialState.COMPLETE else (t.user_attrs.get("metrics") or {}).get(metric)
-        if q is not None and math.isfinite(q) and cost_of(t):
+        q = t.value if t.state == TrialState.COMPLETE else TrialRecord(t).metrics.get(metric)
+        if q is not None and math.isfinite(q) and TrialRecord(t).cost:
             rows.append((t, float(q)))
     if not rows:
         return Plot("pareto", title, None, "No finished trial with a recorded cost and metric.")
     fig = go.Figure()
     for i, (axis, get) in enumerate(_COSTS):
-        done = [(float(get(cost_of(t)) or 0.0), q, t) for t, q in rows if t.state == TrialState.COMPLETE]
-        pruned = [(float(get(cost_of(t)) or 0.0), q, t) for t, q in rows if t.state == TrialState.PRUNED]
+        done = [(float(get(TrialRecord(t).cost) or 0.0), q, t) for t, q in rows if t.state == TrialState.COMPLETE]
+        pruned = [(float(get(TrialRecord(t).cost) or 0.0), q, t) for t, q in rows if t.state == TrialState.PRUNED]
         front = pareto_front(done, maximize)
         for name, pts, marker in (("completed", done, {"size": 10, "symbol": "circle"}),
                                   ("pruned (quality when stopped)", pruned, {"size": 10, "symbol": "x"})):
@@ -224,32 +218,27 @@ def quality_vs_cost(study: optuna.Study) -> Plot:
 
 
 # ------------------------------------------------------------------------------------------------ PBT
-def pbt_members(study: optuna.Study) -> list[FrozenTrial]:
-    members = [t for t in study.get_trials(deepcopy=False) if "pbt_member" in t.user_attrs]
-    return sorted(members, key=lambda t: t.user_attrs["pbt_member"])
-
-
 def _final_step(t: FrozenTrial) -> float:
-    c = cost_of(t)
-    steps = [float(p.get("step", 0)) for p in t.user_attrs.get("curve") or []]
+    c = TrialRecord(t).cost
+    steps = [float(p.get("step", 0)) for p in TrialRecord(t).curve]
     return max([*steps, float(c.get("steps") or 0)], default=0.0)
 
 
 def pbt_schedule(study: optuna.Study, members: list[FrozenTrial]) -> Plot:
     """Each member's hyperparameters over training steps, one panel per hyperparameter."""
     title = "PBT hyperparameter schedules"
-    params = list(dict.fromkeys(k for t in members for e in t.user_attrs.get("schedule") or [] for k in e
+    params = list(dict.fromkeys(k for t in members for e in TrialRecord(t).schedule for k in e
                                 if k != "step"))
     numeric = [p for p in params if all(isinstance(e.get(p), int | float) for t in members
-                                        for e in t.user_attrs.get("schedule") or [] if p in e)]
+                                        for e in TrialRecord(t).schedule if p in e)]
     if not numeric:
         return Plot("pbt-schedule", title, None, "No member recorded a numeric hyperparameter schedule.")
     fig = make_subplots(rows=len(numeric), cols=1, shared_xaxes=True, subplot_titles=numeric, vertical_spacing=0.08)
     palette = plotly.colors.qualitative.Plotly
     for i, t in enumerate(members):
-        schedule = t.user_attrs.get("schedule") or []
+        schedule = TrialRecord(t).schedule
         end = _final_step(t)
-        member = t.user_attrs["pbt_member"]
+        member = TrialRecord(t).pbt_member
         for row, p in enumerate(numeric, start=1):
             pts = [(float(e["step"]), e[p]) for e in schedule if p in e]
             if pts and end > pts[-1][0]:
@@ -270,19 +259,19 @@ def pbt_schedule(study: optuna.Study, members: list[FrozenTrial]) -> Plot:
 def pbt_lineage(study: optuna.Study, members: list[FrozenTrial]) -> Plot:
     """Members as rows over steps; an arrow per exploit from the donor to the member that copied its weights."""
     title = "PBT lineage"
-    metric = metric_of(study)
-    best = (study.user_attrs.get("pbt") or {}).get("best_member")
+    metric = StudyRecord(study).metric
+    best = StudyRecord(study).pbt.get("best_member")
     fig = go.Figure()
     for t in members:
-        m = t.user_attrs["pbt_member"]
-        curve = [c for c in t.user_attrs.get("curve") or [] if "step" in c]
+        m = TrialRecord(t).pbt_member
+        curve = [c for c in TrialRecord(t).curve if "step" in c]
         xs = [0.0] + [float(c["step"]) for c in curve]
         scores = [None] + [c.get(metric) for c in curve]
         fig.add_trace(go.Scatter(
             x=xs, y=[m] * len(xs), mode="lines+markers", name=f"member {m} (trial {t.number})",
             line={"width": 5 if m == best else 2}, customdata=scores,
             hovertemplate=f"member {m}<br>step %{{x}}<br>{metric} %{{customdata:.4g}}<extra></extra>"))
-    events = [(t.user_attrs["pbt_member"], e) for t in members for e in t.user_attrs.get("lineage") or []]
+    events = [(TrialRecord(t).pbt_member, e) for t in members for e in TrialRecord(t).lineage]
     for receiver, e in events:
         donor = e.get("copied_from")
         if donor is None:
@@ -293,7 +282,7 @@ def pbt_lineage(study: optuna.Study, members: list[FrozenTrial]) -> Plot:
                                f"step {e.get('step')}: member {receiver} copied member {donor} "
                                f"({metric} {_short(e.get('replaced_score'))} → {_short(e.get('donor_score'))})"))
     fig.update_layout(xaxis_title="optimizer step", yaxis_title="member",
-                      yaxis={"tickmode": "array", "tickvals": [t.user_attrs["pbt_member"] for t in members]})
+                      yaxis={"tickmode": "array", "tickvals": [TrialRecord(t).pbt_member for t in members]})
     note = "" if events else "No member exploited another: every member trained on its own weights."
     return Plot("pbt-lineage", title, _style(fig, f"{title}: arrows point from the donor to the member that took "
                                                   f"its weights ({len(events)} exploits)",

@@ -11,6 +11,7 @@ from typing import Any
 
 import optuna
 
+from lmtune import records
 from lmtune.config import ParamSpec
 from lmtune.space import SearchSpace
 
@@ -104,7 +105,7 @@ class PopulationBasedTraining:
             with warnings.catch_warnings():  # heartbeats are for optimize(); members report every segment
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
-            trial.set_user_attr("pbt_member", i)
+            trial.set_user_attr(records.PBT_MEMBER, i)
             params = self.space.suggest(trial)
             members.append(Member(i, trial, params, schedule=[{"step": 0, **params}]))
         total: int | None = None
@@ -142,8 +143,8 @@ class PopulationBasedTraining:
         m.curve.append({**res.metrics, "step": float(m.step)})
         if math.isfinite(m.score):
             m.trial.report(m.score, m.step)
-        m.trial.set_user_attr("curve", m.curve)
-        m.trial.set_user_attr("cost", m.cost)
+        m.trial.set_user_attr(records.CURVE, m.curve)
+        m.trial.set_user_attr(records.COST, m.cost)
 
     @staticmethod
     def _stop_diverged(study: optuna.Study, m: Member, res: SegmentResult) -> None:
@@ -152,8 +153,8 @@ class PopulationBasedTraining:
         for key in ("steps", "tokens", "train_seconds", "wall_seconds"):
             m.cost[key] += getattr(res, key)
         m.cost["fte"] = m.cost["steps"] / max(res.planned_steps, 1)
-        for key, value in (("cost", m.cost), ("schedule", m.schedule), ("lineage", m.lineage),
-                           ("stop_reason", "diverged"), ("prune_reason", res.diverged)):
+        for key, value in ((records.COST, m.cost), (records.SCHEDULE, m.schedule), (records.LINEAGE, m.lineage),
+                           (records.STOP_REASON, "diverged"), (records.PRUNE_REASON, res.diverged)):
             m.trial.set_user_attr(key, value)
         study.tell(m.trial, state=optuna.trial.TrialState.PRUNED)
 
@@ -173,8 +174,8 @@ class PopulationBasedTraining:
             receiver.params = self.explore(donor.params)
             receiver.copied_now = True
             receiver.schedule.append({"step": donor.step, **receiver.params})
-            receiver.trial.set_user_attr("lineage", receiver.lineage)
-            receiver.trial.set_user_attr("schedule", receiver.schedule)
+            receiver.trial.set_user_attr(records.LINEAGE, receiver.lineage)
+            receiver.trial.set_user_attr(records.SCHEDULE, receiver.schedule)
 
     def explore(self, params: dict[str, Any]) -> dict[str, Any]:
         """Perturb or resample each mutable hyperparameter; the others are kept."""
@@ -207,17 +208,17 @@ class PopulationBasedTraining:
         return int(round(x)) if spec.type == "int" else x
 
     def _finish(self, study: optuna.Study, m: Member) -> None:
-        m.trial.set_user_attr("schedule", m.schedule)
-        m.trial.set_user_attr("lineage", m.lineage)
-        m.trial.set_user_attr("metrics", m.metrics)
-        m.trial.set_user_attr("hparams_final", m.params)
+        m.trial.set_user_attr(records.SCHEDULE, m.schedule)
+        m.trial.set_user_attr(records.LINEAGE, m.lineage)
+        m.trial.set_user_attr(records.METRICS, m.metrics)
+        m.trial.set_user_attr(records.HPARAMS_FINAL, m.params)
         if m.checkpoint is not None:
-            m.trial.set_user_attr("checkpoint", str(m.checkpoint))
+            m.trial.set_user_attr(records.CHECKPOINT, str(m.checkpoint))
         ok = m.score is not None and math.isfinite(m.score)
         if ok:
             study.tell(m.trial, m.score)
         else:
-            m.trial.set_user_attr("fail_reason", f"final score is {m.score}")
+            m.trial.set_user_attr(records.FAIL_REASON, f"final score is {m.score}")
             study.tell(m.trial, state=optuna.trial.TrialState.FAIL)
 
     @staticmethod

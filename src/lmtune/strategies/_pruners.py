@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+from typing import get_args
+
 import optuna
 
+from lmtune.config import PrunerName
 from lmtune.errors import ConfigError
 
-PRUNERS = ("none", "asha", "hyperband", "median")
+PRUNERS: tuple[str, ...] = get_args(PrunerName)
 
-# What each combined strategy means: (sampler, pruner).
+# What each combined strategy (config.CombinedName) means: (sampler, pruner).
 COMBINED = {"auto": ("tpe", "hyperband"), "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
             "pbt": ("random", "none")}
 

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import get_args
 
 import optuna
 from optuna.trial import TrialState
 
+from lmtune.config import SamplerName
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 
-STRATEGIES = ("grid", "random", "tpe", "gp")
+STRATEGIES: tuple[str, ...] = get_args(SamplerName)
 _ABSENT = object()
 
 

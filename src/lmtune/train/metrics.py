@@ -1,4 +1,9 @@
-"""Answer-quality metrics: exact match and token F1 (SQuAD-style), with the normalisation they share."""
+"""Every metric lmtune knows, registered once: its name, direction, where it is measured and shown.
+
+Adding a metric is this file (the function and its `register` line) plus its tests. An answer metric
+(`per_answer`) is computed by the trainer on every evaluation of a split, greedy answers against the references,
+and from then on it can be an objective, a selection score on test data, a table column and a report curve.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -33,3 +40,58 @@ def token_f1(prediction: str, reference: str) -> float:
 def perplexity(mean_loss: float) -> float:
     """exp(loss), capped so a diverged model reports inf instead of overflowing."""
     return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    maximize: bool
+    on_test: bool = False  # an evaluation of a split measures it, so the selection phase can score it on test data
+    shown: bool = False  # a column of trial log lines and a row of the baseline-vs-tuned table
+    plotted: bool = True  # a curve of the report (time and throughput are cost, not quality)
+    per_answer: Callable[[str, str], float] | None = None  # (prediction, reference) -> score, averaged
+    label: str = ""  # its row in the comparison table; default "validation <name>"
+
+    @property
+    def row_label(self) -> str:
+        return self.label or f"validation {self.name}"
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is registered twice")
+    METRICS[metric.name] = metric
+    return metric
+
+
+# The order is the order of tables and of the report's curve menu.
+register(Metric("exact_match", maximize=True, on_test=True, shown=True, per_answer=exact_match))
+register(Metric("token_f1", maximize=True, on_test=True, shown=True, per_answer=token_f1))
+register(Metric("eval_loss", maximize=False, on_test=True, shown=True))
+register(Metric("perplexity", maximize=False, on_test=True, shown=True))
+register(Metric("tokens_per_second", maximize=True, shown=True, plotted=False, label="training tokens/s"))
+register(Metric("train_loss", maximize=False))
+register(Metric("train_seconds", maximize=False, plotted=False))
+register(Metric("elapsed_seconds", maximize=False, plotted=False))
+
+
+def answer_metrics() -> list[Metric]:
+    """The metrics scored on greedy answers at every evaluation."""
+    return [m for m in METRICS.values() if m.per_answer is not None]
+
+
+def metrics_on_test() -> list[str]:
+    return [m.name for m in METRICS.values() if m.on_test]
+
+
+def shown_metrics() -> list[str]:
+    return [m.name for m in METRICS.values() if m.shown]
+
+
+def is_plotted(key: str) -> bool:
+    """Whether a curve entry is quality to plot: a registered metric marked so, or a per-task score such as
+    exact_match_add (not registered); never the step."""
+    return key != "step" and (key not in METRICS or METRICS[key].plotted)

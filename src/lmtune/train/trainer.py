@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
 
-from lmtune.config import DataConfig, ModelConfig, TrainConfig
+from lmtune.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from lmtune.errors import DivergedError, LmtuneError
 from lmtune.train.augment import augmented_rows
 from lmtune.train.data import (
@@ -35,8 +35,15 @@ from lmtune.train.data import (
     pack,
     to_example,
 )
-from lmtune.train.metrics import exact_match, perplexity, token_f1
-from lmtune.train.model import count_parameters, dropout_keys, load_model, load_tokenizer, parameter_groups
+from lmtune.train.metrics import answer_metrics, exact_match, perplexity
+from lmtune.train.model import (
+    check_model,
+    count_parameters,
+    dropout_keys,
+    load_model,
+    load_tokenizer,
+    parameter_groups,
+)
 
 Report = Callable[[int, dict[str, float]], bool]
 # Hyperparameters a running trainer can change in place (population-based training explores these).
@@ -95,8 +102,39 @@ class TrainResult:
     wall_seconds: float = 0.0
     stop_reason: str | None = None  # "early_stopping" | "report" | None for a full run
 
+    def cost(self) -> dict[str, float]:
+        """What this run cost: optimizer steps, tokens, FLOPs, seconds, and full-training equivalents (its share
+        of a full-length run). Stored as a trial's `cost`."""
+        return {"steps": self.steps, "planned_steps": self.planned_steps, "tokens": self.tokens,
+                "flops": self.flops, "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds,
+                "fte": self.steps / max(self.planned_steps, 1)}
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The last evaluation's metrics, without its step."""
+        return {k: v for k, v in self.metrics.items() if k != "step"}
+
+
+def prepare(cfg: ExperimentConfig) -> tuple[Any, PreparedData]:
+    """The tokenizer and encoded data of an experiment, after checking its model loads: what every run of it
+    shares. A bad dataset or model path fails here, before any training."""
+    check_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    return tokenizer, PreparedData.build(cfg.data, tokenizer)
+
 
 class Trainer:
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, train: TrainConfig | None = None, *,
+                    prepared: tuple[Any, PreparedData] | None = None, report: Report | None = None,
+                    progress: Progress | None = None) -> Trainer:
+        """A run of the experiment `cfg` with training arguments `train` (default: its baseline), on the
+        tokenizer and data of `prepare(cfg)` when given."""
+        tokenizer, data = prepared or (None, None)
+        return cls(cfg.model, cfg.data, train or cfg.train, objective_metric=cfg.objective.metric,
+                   maximize=cfg.objective.maximize, prepared=data, tokenizer=tokenizer, report=report,
+                   progress=progress)
+
     def __init__(self, model: ModelConfig, data: DataConfig, train: TrainConfig, *,
                  objective_metric: str = "eval_loss", maximize: bool = False,
                  prepared: PreparedData | None = None, tokenizer: Any = None,
@@ -307,7 +345,8 @@ class Trainer:
         tok, bs = self.tokenizer, self.cfg.per_device_eval_batch_size
         max_new = self.cfg.max_new_tokens or 2 + max(
             len(tok(e.answer, add_special_tokens=False)["input_ids"]) for e in examples)
-        em, f1 = [], []
+        scored = answer_metrics()
+        scores: dict[str, list[float]] = {m.name: [] for m in scored}
         per_task: dict[str, list[float]] = {}
         for i in range(0, len(examples), bs):
             chunk = examples[i:i + bs]
@@ -317,11 +356,11 @@ class Trainer:
                                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
             for ex, text in zip(chunk, texts, strict=True):
-                em.append(exact_match(text, ex.answer))
-                f1.append(token_f1(text, ex.answer))
+                for m in scored:
+                    scores[m.name].append(m.per_answer(text, ex.answer))  # type: ignore[misc]
                 if ex.task:
-                    per_task.setdefault(ex.task, []).append(em[-1])
-        metrics = {"exact_match": sum(em) / len(em), "token_f1": sum(f1) / len(f1)}
+                    per_task.setdefault(ex.task, []).append(exact_match(text, ex.answer))
+        metrics = {name: sum(v) / len(v) for name, v in scores.items()}
         metrics.update({f"exact_match_{t}": sum(v) / len(v) for t, v in sorted(per_task.items())})
         return metrics
 

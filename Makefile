@@ -38,4 +38,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/throughput.py
 
 clean:
-	rm -rf $(VENV) lmtune.db best.yaml .pytest_cache
+	rm -rf $(VENV) lmtune.db examples/lmtune.db examples/lmtune.db.lock best.yaml best_comparison.* .pytest_cache

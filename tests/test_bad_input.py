@@ -45,7 +45,7 @@ class Case:
     expect: list[str]  # every one appears in the message
     patch: dict[str, Any] = field(default_factory=dict)  # deep-merged into the study's config
     yaml_text: str | None = None  # the config file's raw text instead
-    files: dict[str, str] = field(default_factory=dict)  # written beside the config first
+    files: dict[str, str | bytes] = field(default_factory=dict)  # written beside the config first
     args: list[str] = field(default_factory=list)  # the command line; {config} and {dir} are filled in
     env: dict[str, str] = field(default_factory=dict)
 
@@ -178,6 +178,42 @@ CASES = [
          patch={"objective": {"direction": "maximize"}}),
     Case("study-other-metric", ["optimises 'eval_loss'", "'perplexity'"],
          patch={"objective": {"metric": "perplexity"}}),
+    # resuming a study with settings its trials cannot be compared with, or a space Optuna cannot continue
+    Case("resume-categorical-for-a-range", [f"{SPACE}.learning_rate: study 'test' already has trials sampled from "
+                                            "a log-scale float range", "the choices [0.001, 0.01]", "new study_name"],
+         patch={"search": {"space": {"learning_rate": [1e-3, 1e-2]}}}),
+    Case("resume-other-data", ["study 'test' was run with other settings", "data.builtin.n_train: 300 -> 200",
+                               "--allow-changed-config"], patch={"data": {"builtin": {"n_train": 200}}}),
+    Case("resume-other-run-length", ["train.max_steps: 12 -> 24", "new study_name"],
+         patch={"train": {"max_steps": 24}}),
+    Case("resume-other-model", ["model.name_or_path: 'builtin:micro' -> 'builtin:tiny'"],
+         patch={"model": {"name_or_path": "builtin:tiny"}}),
+    Case("resume-other-data-file", ["data_files_sha256.path"], patch={"data": {"path": "d.jsonl"}},
+         files={"d.jsonl": ALPACA * 40}),
+    # study names are folder names too
+    Case("study-name-parent-dir", ["'../escape' cannot be a study name"], patch={"study_name": "../escape"}),
+    Case("study-name-absolute", ["cannot be a study name"], patch={"study_name": "/tmp/lmtune-escape"}),
+    Case("study-name-too-long", ["cannot be a study name", "1-128"], patch={"study_name": "s" * 600}),
+    Case("proxy-study-name-slash", ["stages.proxy.study_name", "cannot be a study name"],
+         patch={"stages": {"proxy": {"study_name": "a/b"}}}),
+    # small traps
+    Case("data-not-utf8", ["d.jsonl, line 2, column 39: byte 0xe9 is not UTF-8"], patch={"data": {"path": "d.jsonl"}},
+         files={"d.jsonl": ALPACA.encode() + b'{"instruction": "Echo.", "input": "caf\xe9", "output": "a"}\n'
+                + ALPACA.encode() * 40}),
+    Case("data-path-is-a-directory", ["data' is a directory", "give the JSONL or JSON file inside it"],
+         patch={"data": {"path": "data"}},
+         files={"data/train.jsonl": ALPACA * 40}),
+    Case("batch-size-boolean", ["per_device_train_batch_size: True is a boolean"],
+         patch={"train": {"per_device_train_batch_size": True}}),
+    Case("space-boolean-batch-size", [f"{SPACE}.per_device_train_batch_size: value True is not allowed"],
+         patch={"search": {"space": {"per_device_train_batch_size": [True, 16]}}}),
+    Case("max-steps-and-epochs", ["max_steps (12) and num_train_epochs (2.0) are both set"],
+         patch={"train": {"num_train_epochs": 2}}),
+    Case("epochs-searched-with-max-steps", [f"{SPACE}.num_train_epochs: it has no effect with train.max_steps"],
+         patch={"search": {"space": {"num_train_epochs": {"low": 1.0, "high": 3.0}}}}),
+    Case("pruning-with-one-evaluation", ["train.eval_steps (12) is not below train.max_steps (12)", "'asha'"],
+         patch={"search": {"strategy": "asha"}, "train": {"eval_steps": 12}}),
+    Case("yaml-empty", ["is empty", "examples/quickstart.yaml"], yaml_text="# nothing yet\n"),
     # reading a study: a mistyped URL must not leave an empty database behind
     Case("status-mistyped-sqlite", ["no database file", "stdy.db"],
          args=["status", "--storage", "sqlite:///{dir}/stdy.db"]),
@@ -219,7 +255,10 @@ def _prepare(case: Case, cfg: dict[str, Any], db: Path, where: Path) -> list[str
     shutil.copy(db, where / "study.db")
     for name, text in case.files.items():
         (where / name).parent.mkdir(parents=True, exist_ok=True)
-        (where / name).write_text(text)
+        if isinstance(text, bytes):
+            (where / name).write_bytes(text)
+        else:
+            (where / name).write_text(text)
     cfg = _merge({**cfg, "storage": f"sqlite:///{where / 'study.db'}", "output_dir": str(where / "runs")},
                  case.patch)
     if isinstance(cfg.get("storage"), str):

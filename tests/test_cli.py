@@ -115,3 +115,61 @@ def test_console_script_is_installed():
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("run", "train", "status", "best"):
         assert command in out
+
+
+def test_a_run_whose_every_trial_fails_exits_1_and_so_does_best(tmp_path):
+    """Trials that fail for their parameters (here LoRA target modules the model lacks) count against the
+    budget, and a run that finished none says so with exit code 1 instead of looking like success."""
+    cfg = small_config(tmp_path, train={"use_lora": True, "lora_target_modules": ["no_such_proj"]},
+                       search={"n_trials": 2})
+    res = runner.invoke(app, ["run", str(write_yaml(tmp_path / "e.yaml", cfg)), "--quiet"])
+    assert res.exit_code == 1, res.output
+    assert "no trial of this run finished: 2 failed" in res.output and "no_such_proj" in res.output
+    res = runner.invoke(app, ["best", str(tmp_path / "e.yaml"), "-o", str(tmp_path / "b.yaml")])
+    assert res.exit_code == 1 and "no completed trial" in res.output and not (tmp_path / "b.yaml").exists()
+
+
+def test_a_trial_that_fails_on_the_data_stops_the_study_without_using_the_budget(tmp_path):
+    """An augmentation function that returns a broken row fails every run whatever its parameters: the study
+    stops after the first such trial, which is not counted, so fixing the function and running again resumes
+    with the whole budget."""
+    (tmp_path / "aug.py").write_text("def bad(row, rng):\n    return {'instruction': 5}\n")
+    cfg = small_config(tmp_path, train={"augmentation": "aug.py:bad", "augmentation_ratio": 1.0})
+    path = write_yaml(tmp_path / "e.yaml", cfg)
+    res = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert res.exit_code == 1 and "no trial of this run finished: 1 failed" in res.output, res.output
+    from lmtune.results import load_study
+
+    trials = load_study(cfg["storage"], "test").trials  # the failed baseline, and its rerun queued
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"] and trials[0].user_attrs["setup_failure"] is True
+    assert "DataError" in trials[0].user_attrs["fail_reason"] and trials[1].user_attrs["baseline"] is True
+    (tmp_path / "aug.py").write_text("def bad(row, rng):\n    return dict(row)\n")
+    res = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert res.exit_code == 0 and "study cost: 4 trials" in res.output, res.output  # 3 counted + the failed one
+
+
+def test_resuming_with_changed_settings_needs_allow_changed_config(tmp_path):
+    cfg = small_config(tmp_path, search={"n_trials": 2})
+    path = write_yaml(tmp_path / "e.yaml", cfg)
+    assert runner.invoke(app, ["run", str(path), "--quiet"]).exit_code == 0
+    cfg["train"]["max_steps"], cfg["search"]["n_trials"] = 18, 3
+    write_yaml(path, cfg)
+    res = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert res.exit_code == 2 and "train.max_steps: 12 -> 18" in res.output
+    res = runner.invoke(app, ["run", str(path), "--quiet", "--allow-changed-config"])
+    assert res.exit_code == 0 and "study cost: 3 trials" in res.output, res.output
+    cfg["search"]["n_trials"] = 4  # the accepted settings are the study's now
+    res = runner.invoke(app, ["run", str(write_yaml(path, cfg)), "--quiet"])
+    assert res.exit_code == 0 and "study cost: 4 trials" in res.output, res.output
+
+
+def test_a_relative_sqlite_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "exp").mkdir()
+    cfg = small_config(tmp_path, storage="sqlite:///studies/s.db")
+    path = write_yaml(tmp_path / "exp" / "e.yaml", cfg)
+    monkeypatch.chdir(tmp_path)
+    assert load_config(path).storage == f"sqlite:///{tmp_path / 'exp' / 'studies' / 's.db'}"
+    res = runner.invoke(app, ["run", str(path), "--quiet", "-o", str(tmp_path / "b.yaml")])
+    assert res.exit_code == 0 and (tmp_path / "exp" / "studies" / "s.db").is_file(), res.output
+    res = runner.invoke(app, ["status", "exp/e.yaml"])
+    assert res.exit_code == 0 and "3 finished" in res.output

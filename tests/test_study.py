@@ -295,3 +295,21 @@ def test_a_grid_runs_every_queued_rerun_before_it_stops(tmp_path):
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert {t.params["x"] for t in study.trials if t.state == TrialState.COMPLETE} == {0, 1, 2}
     assert study.n_finished == 3
+
+
+def test_a_study_refuses_changed_choices_before_any_trial_but_takes_wider_ranges(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"optim": ["adamw", "sgd"], "x": {"low": 0.0, "high": 1.0}}
+    Study("s", storage, space=space, strategy="random", metric="loss", direction="minimize").optimize(
+        lambda t: {"loss": t.params["x"]}, n_trials=2)
+    wider = Study("s", storage, space={**space, "x": {"low": -1.0, "high": 2.0}}, strategy="random", metric="loss",
+                  direction="minimize")
+    wider.optimize(lambda t: {"loss": t.params["x"]}, n_trials=3)
+    assert len(wider.trials) == 3
+    for changed, said in ((["adamw", "rmsprop"], "the choices ['adamw', 'rmsprop']"),
+                          ({"low": 0.0, "high": 1.0}, "a float range")):
+        with pytest.raises(ConfigError, match=r"search\.space\.optim: study 's' already has trials sampled from "
+                                              r"the choices \['adamw', 'sgd'\]") as e:
+            Study("s", storage, space={**space, "optim": changed}, metric="loss", direction="minimize")
+        assert said in str(e.value) and "new study_name" in str(e.value)
+    assert len(load_study(storage, "s").trials) == 3  # nothing ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -146,11 +147,66 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     trials = assert_complete(storage, 3)
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
+    assert killed.user_attrs["fail_reason"].startswith("worker died: no heartbeat for over 4 s")
     retries = [t for t in trials
                if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
     assert len(trials) == 4  # three counted trials plus the killed one
+
+
+def test_run_fails_and_reruns_the_trial_of_its_own_killed_worker_at_once(tmp_path: Path) -> None:
+    """`lmtune run --workers 2` sees one of its workers die (SIGKILL): that worker's trial is failed with the
+    reason and queued again right away (not after the heartbeat's grace period, 60 s here), the other worker runs
+    it, and the study ends with the budget counted once."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = _crash_config(tmp_path, grace_period=60)
+    run, victim, _ = _worker_mid_trial(cfg, storage, "run", str(cfg), "--workers", "2", "--quiet", "-o",
+                                       str(tmp_path / "best.yaml"), processes=5)
+    try:
+        os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+        output = run.communicate(timeout=300)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output
+    trials = assert_complete(storage, 3)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs["fail_reason"].startswith("worker died: local worker"), killed.user_attrs
+    assert "killed by SIGKILL" in killed.user_attrs["fail_reason"]
+    rerun = [t for t in trials if victim.number in t.system_attrs.get("requeued_from", [])]
+    assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE and rerun[0].params == killed.params
+
+
+def test_sigterm_to_a_single_process_run_fails_and_requeues_its_trial(tmp_path: Path) -> None:
+    """SIGTERM (a `kill`, a scheduler's stop) ends `lmtune run` like Ctrl-C: no trial left RUNNING."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = _crash_config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.Popen([sys.executable, "-m", "lmtune", "run", str(cfg), "--quiet", "-o", str(tmp_path / "b")],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    running: list[optuna.trial.FrozenTrial] = []
+    try:
+        for _ in range(600):  # until a trial is mid-training
+            time.sleep(0.5)
+            with contextlib.suppress(KeyError):
+                running = [t for t in optuna.load_study(study_name="test", storage=storage).trials
+                           if t.state == TrialState.RUNNING and t.intermediate_values]
+                if running:
+                    break
+        assert running, "no trial reached the middle of its training"
+        victim = running[0]
+        run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
+    trials = optuna.load_study(study_name="test", storage=storage).trials
+    assert trials[victim.number].state == TrialState.FAIL
+    assert trials[victim.number].user_attrs["fail_reason"].startswith("interrupted")
+    assert [t.params for t in trials if t.state == TrialState.WAITING] == [victim.params]
 
 
 def _assert_gone(pids: list[int]) -> None:

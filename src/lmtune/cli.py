@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from rich.text import Text
 from lmtune.config import ExecutorConfig, ExperimentConfig, TrainConfig, load_config, validate_section
 from lmtune.display import LiveDisplay, log_trial, trials_table
 from lmtune.errors import ConfigError, LmtuneError
-from lmtune.records import StudyRecord
+from lmtune.records import StudyRecord, TrialRecord
 from lmtune.results import (
     best_config,
     best_trial,
@@ -73,11 +74,12 @@ def _override(section: BaseModel, field: str, value: Any, option: str) -> None:
         raise ConfigError(f"{option} {value!r}: {msg}") from None
 
 
-def print_best(study: optuna.Study, output: Path | None) -> None:
+def print_best(study: optuna.Study, output: Path | None) -> bool:
+    """Print the best trial against the baseline (and write the best config); False if no trial completed."""
     best = best_trial(study)
     if best is None:
         console.print("[yellow]no completed trial yet[/]")
-        return
+        return False
     cost = study_cost(study.get_trials(deepcopy=False))
     console.print(f"[bold]best trial {best.number}[/]: {StudyRecord(study).metric} = {fmt(best.value)}")
     if StudyRecord(study).selection:
@@ -109,6 +111,21 @@ def print_best(study: optuna.Study, output: Path | None) -> None:
     if output is not None and StudyRecord(study).config:
         output.write_text(yaml.safe_dump(best_config(study), sort_keys=False))
         console.print(f"best config written to {output}")
+    return True
+
+
+def _check_some_trial_finished(study: optuna.Study, started: datetime) -> None:
+    """Exit 1 when this invocation ran trials and every one failed: a run that produced nothing must not look
+    like success to a script or a scheduler."""
+    ran = [t for t in study.get_trials(deepcopy=False)
+           if t.datetime_start and t.datetime_start >= started and t.state.is_finished()]
+    if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
+        reasons = Counter(TrialRecord(t).fail_reason or "no reason recorded" for t in ran)
+        reason, n = reasons.most_common(1)[0]
+        err_console.print(Text.assemble(("error: ", "bold red"), mask_url(
+            f"no trial of this run finished: {len(ran)} failed ({n} with: {reason[:300]}); see `lmtune status`")),
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -122,7 +139,11 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         workers: Annotated[int | None, typer.Option(help="trials in parallel, each in its own process "
                                                          "(override executor.workers)")] = None,
         executor: Annotated[str | None, typer.Option(help="local or ray (override executor.type)")] = None,
-        address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None) -> None:
+        address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None,
+        allow_changed_config: Annotated[bool, typer.Option(
+            "--allow-changed-config", help="resume a study although its model, data, objective or fixed training "
+                                           "arguments changed (old and new trials are then ranked together)")] = False
+        ) -> None:
     """Run (or resume) the tuning study a config describes, then show the best config against the baseline."""
     from lmtune.pipeline import tune  # torch and transformers: only the commands that train import them
 
@@ -133,6 +154,8 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
         if timeout is not None:
             _override(cfg.search, "timeout", timeout, "--timeout")
         _set_executor(cfg, workers, executor, address)
+        if allow_changed_config:
+            cfg.search.allow_changed_config = True
         started = datetime.now()  # Optuna stamps trials with naive local times
         if quiet:
             result = tune(cfg)
@@ -148,6 +171,7 @@ def run(config: ConfigArg, n_trials: Annotated[int | None, typer.Option(help="ov
                           "--n-trials to run more, use another study_name for a new study, or `lmtune train "
                           "best.yaml` to train the best config once", highlight=False)
         print_best(result.optuna, output)
+        _check_some_trial_finished(result.optuna, started)
     except LmtuneError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -191,7 +215,9 @@ def worker(config: ConfigArg, storage: StorageOpt = None, study: StudyOpt = None
 
     try:
         cfg = _load(config, storage, study)
-        work(cfg, worker=os.getpid() if index is None else index, callbacks=[log_trial(console)])
+        started = datetime.now()
+        joined = work(cfg, worker=os.getpid() if index is None else index, callbacks=[log_trial(console)])
+        _check_some_trial_finished(joined.optuna, started)
     except LmtuneError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -278,9 +304,11 @@ def best(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOp
              "best.yaml")) -> None:
     """Best params and metrics, the baseline-vs-tuned comparison; writes the best config as YAML."""
     try:
-        print_best(_open(config, storage, study), output)
+        found = print_best(_open(config, storage, study), output)
     except LmtuneError as e:
         _fail(e)
+    if not found:  # nothing to write: a script reading best.yaml next must not go on
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -6,7 +6,10 @@ what would be accepted, because a tuning run that dies an hour in on a typo is t
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -24,6 +27,25 @@ SamplerName = Literal["grid", "random", "tpe", "gp"]
 PrunerName = Literal["none", "asha", "hyperband", "median"]
 CombinedName = Literal["auto", "asha", "hyperband", "pbt"]  # a sampler with a pruner, or PBT
 StrategyName = Literal[SamplerName, CombinedName]
+# What each combined strategy means: (sampler, pruner).
+COMBINED: dict[str, tuple[str, str]] = {"auto": ("tpe", "hyperband"), "asha": ("random", "asha"),
+                                        "hyperband": ("random", "hyperband"), "pbt": ("random", "none")}
+# A study name is also a folder (<output_dir>/<study_name>): no path separators, no leading dot.
+_STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}")
+
+
+def resolve(strategy: str, pruner: str | None) -> tuple[str, str]:
+    """(sampler, pruner) names for a strategy and an optional explicit pruner; the explicit one wins."""
+    sampler, implied = COMBINED.get(strategy, (strategy, "none"))
+    return sampler, pruner or implied
+
+
+def _safe_study_name(name: str) -> str:
+    if not _STUDY_NAME.fullmatch(name):
+        raise ValueError(f"{name[:60]!r}{'...' if len(name) > 60 else ''} cannot be a study name: it names the "
+                         "study's folder too, so use 1-128 letters, digits, spaces and _ . + - (not starting with "
+                         "'.', '-' or a space), e.g. 'lora-sweep-1'")
+    return name
 
 
 class _Strict(BaseModel):
@@ -154,10 +176,26 @@ class TrainConfig(_Strict):
                              "'path/to/file.py:function'")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_counts(cls, data: Any) -> Any:
+        """YAML's `true` is no batch size: pydantic would take it as 1."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and field.annotation in (int, float, "int",
+                                                                                          "float"):
+                    raise ValueError(f"{name}: {value!r} is a boolean; give a number")
+        return data
+
     @model_validator(mode="after")
     def _precision(self) -> TrainConfig:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both true; choose one")
+        if self.max_steps > 0 and "num_train_epochs" in self.model_fields_set and \
+                self.num_train_epochs != TrainConfig.model_fields["num_train_epochs"].default:
+            raise ValueError(f"max_steps ({self.max_steps}) and num_train_epochs ({self.num_train_epochs}) are both "
+                             "set, and max_steps > 0 overrides the epochs (as in HF); remove one of them")
         if any(not 0 < m < 1 for m in self.lr_step_milestones):
             raise ValueError("lr_step_milestones must be fractions of training strictly between 0 and 1")
         return self
@@ -277,6 +315,8 @@ class SearchConfig(_Strict):
     n_trials: int | None = Field(10, ge=1, description="total trials of the study, resumed runs included")
     timeout: float | None = Field(None, gt=0, description="seconds for this invocation")
     baseline: bool = Field(True, description="enqueue the train: values as trial 0")
+    allow_changed_config: bool = Field(False, description="resume a study although what makes its trials "
+                                       "comparable (model, data, fixed training arguments, objective) changed")
     n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
     oom_retries: int = Field(2, ge=0, description="retries of an out-of-memory trial, each with half the "
                              "micro-batch and twice the gradient accumulation")
@@ -393,7 +433,7 @@ class ProxyStageConfig(_Strict):
     data_fraction: float = Field(1.0, gt=0, le=1, description="share of the training rows")
     steps_fraction: float = Field(1.0, gt=0, le=1, description="share of max_steps (or num_train_epochs)")
     n_trials: int | None = Field(None, ge=1, description="proxy trials; default search.n_trials")
-    study_name: str | None = Field(None, min_length=1, description="default <study_name>-proxy; name an existing "
+    study_name: str | None = Field(None, description="default <study_name>-proxy; name an existing "
                                    "proxy study to try other transfer rules without re-tuning the proxy")
     metric: str | None = Field(None, description="the proxy's objective; default objective.metric. eval_loss is "
                                "less noisy than exact_match on short proxy runs")
@@ -402,6 +442,11 @@ class ProxyStageConfig(_Strict):
     @classmethod
     def _known(cls, v: str | None) -> str | None:
         return v if v is None else _known_metric(v)
+
+    @field_validator("study_name")
+    @classmethod
+    def _study_name(cls, v: str | None) -> str | None:
+        return v if v is None else _safe_study_name(v)
 
 
 class LocalSearchConfig(_Strict):
@@ -498,7 +543,7 @@ class TrackingConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    study_name: str = Field("lmtune", min_length=1)
+    study_name: str = "lmtune"
     storage: str = "sqlite:///lmtune.db"
     output_dir: str = Field("lmtune_runs", description="<output_dir>/<study_name>/ holds the best model")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -565,6 +610,10 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"search.space.{name}: it has no effect with train.{switch} = {value!r}; set "
                                  f"train.{switch} to {' or '.join(map(repr, on))}, search {switch} too, or remove "
                                  f"{name} from the space")
+        if "num_train_epochs" in space and self.train.max_steps > 0 and "max_steps" not in space:
+            raise ValueError(f"search.space.num_train_epochs: it has no effect with train.max_steps = "
+                             f"{self.train.max_steps} (max_steps > 0 overrides the epochs, as in HF); set "
+                             "train.max_steps: -1 to search epochs, or remove num_train_epochs from the space")
         return self
 
     @model_validator(mode="after")
@@ -573,6 +622,37 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"select: the selection phase scores configs on the test split, where "
                              f"{self.objective.metric!r} is not measured; use objective.metric one of "
                              f"{metrics_on_test()}, or remove select")
+        return self
+
+    @field_validator("study_name")
+    @classmethod
+    def _study_name(cls, v: str) -> str:
+        return _safe_study_name(v)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes the trials of a study comparable: the model, the data (the files' contents, not their
+        paths), the objective, and every training argument that is not searched or that the space fixes.
+        Ranges may change between runs of a study; these may not, or old and new trials are ranked together
+        though they measured different things."""
+        space = self.search.space
+        train = {k: v for k, v in self.train.model_dump().items() if k not in space and k not in _RUN_SETTINGS}
+        fixed = {k: s.value for k, s in space.items() if s.type == "fixed"}
+        files = {k: _sha256(p) for k in _DATA_FILES if (p := getattr(self.data, k))}
+        return json.loads(json.dumps({
+            "model": self.model.model_dump(), "data": self.data.model_dump(exclude=set(_DATA_FILES)),
+            "data_files_sha256": files, "train": {**train, **fixed}, "objective": self.objective.model_dump()},
+            default=str))
+
+    @model_validator(mode="after")
+    def _pruning_needs_evaluations(self) -> ExperimentConfig:
+        """A pruner compares trials at their intermediate evaluations; with one evaluation it has none."""
+        t = self.train
+        if resolve(self.search.strategy, self.search.pruner)[1] != "none" and t.max_steps > 0 and \
+                t.eval_steps is not None and t.eval_steps >= t.max_steps and "max_steps" not in self.search.space:
+            raise ValueError(f"train.eval_steps ({t.eval_steps}) is not below train.max_steps ({t.max_steps}): a "
+                             "trial is evaluated only at its end, so the pruner of search.strategy "
+                             f"{self.search.strategy!r} has nothing to compare; lower eval_steps, or set "
+                             "search.pruner: none")
         return self
 
     @field_validator("storage")
@@ -589,6 +669,31 @@ _TAKES_EFFECT_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
     "momentum": ("optim", ("sgd", "rmsprop")),
     **dict.fromkeys(("adam_beta1", "adam_beta2"), ("optim", ("adamw",))),
 }
+
+
+# Training arguments that change how fast a run goes, not what it computes.
+_RUN_SETTINGS = ("per_device_eval_batch_size", "torch_num_threads", "device", "output_dir")
+_DATA_FILES = ("path", "validation_path", "test_path")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with contextlib.suppress(OSError), open(path, "rb") as f:  # a missing file is reported by the data loader
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_changes(stored: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings that differ between two fingerprints, as `section.key: old -> new`."""
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        old, new = stored.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += fingerprint_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return out
 
 
 def _known_metric(name: str) -> str:
@@ -665,6 +770,9 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
     name = cfg.model.name_or_path
     if name.startswith((".", "/", "~")) or (base / name).exists():
         cfg.model.name_or_path = str(Path(fix(name) or name).expanduser())
+    db = cfg.storage.removeprefix("sqlite:///")
+    if cfg.storage.startswith("sqlite:///") and db not in ("", ":memory:"):
+        cfg.storage = f"sqlite:///{fix(db)}"
 
 
 def validate_config(data: dict[str, Any] | ExperimentConfig, source: str = "(dict)",
@@ -698,7 +806,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of an experiment YAML file")
     loader = _UniqueKeyLoader(p.read_text())
     try:
-        data = loader.get_single_data() or {}
+        data = loader.get_single_data()
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -708,6 +816,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"invalid YAML in {p}{where}: {problem}; fix the syntax there") from None
     finally:
         loader.dispose()
+    if data is None:
+        raise ConfigError(f"config file {str(p)!r} is empty; start from examples/quickstart.yaml (a model, data, "
+                          "train: values and a search: space)")
     return validate_config(data, str(p), p.parent.resolve())
 
 

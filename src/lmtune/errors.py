@@ -19,6 +19,15 @@ class ModelLoadError(LmtuneError):
     """The model or tokenizer could not be loaded."""
 
 
+class TrainArgumentError(ModelLoadError):
+    """The model cannot take a training argument (LoRA target modules it lacks). Unlike a model that does not
+    load, this is the trial's own value when that argument is searched: the trial fails and counts."""
+
+
+# A trial that raises one of these failed on the study's own data, model or objective, whatever its parameters.
+SETUP_ERRORS = (DataError, ModelLoadError, ConfigError)
+
+
 class DivergedError(LmtuneError):
     """Training produced a NaN or infinite loss; a study records the trial as pruned, not failed. `result`
     is the run's TrainResult so far: the steps it cost before the loss blew up."""

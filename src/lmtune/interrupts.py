@@ -30,11 +30,20 @@ def _on_sigint(signum: int, frame: Any) -> None:
         signal.default_int_handler(signum, frame)
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _on_sigint(signal.SIGINT, frame)
+
+
 def install() -> None:
-    """Use the holding SIGINT handler, unless the program has a handler of its own."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    """Use the holding SIGINT handler, unless the program has a handler of its own; SIGTERM (a `kill`, a job
+    scheduler's stop) then stops the run the same way, failing and re-queueing its trials, where by default it
+    would end the process with its trials left RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+    if signal.getsignal(signal.SIGINT) is _on_sigint and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _raise_pending() -> None:

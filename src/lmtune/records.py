@@ -28,6 +28,7 @@ METRICS = "metrics"  # final metrics, {name: value} (validation split; `tokens_p
 CURVE = "curve"  # the evaluations in order: [{"step": optimizer step, metric: value, ...}]
 COST = "cost"  # {steps, planned_steps, tokens, flops, train_seconds, wall_seconds, fte}
 FAIL_REASON = "fail_reason"  # why a failed trial failed ("oom: ...", "interrupted ...", "TypeError: ...")
+SETUP_FAILURE = "setup_failure"  # True: it failed on the study's data, model or objective, not its parameters
 STOP_REASON = "stop_reason"  # why a run ended early: "early_stopping", "pruned", "diverged", "report"
 PRUNE_REASON = "prune_reason"  # a diverged trial's loss and step
 OOM_ATTEMPTS = "oom_attempts"  # [{per_device_train_batch_size, gradient_accumulation_steps, error}]
@@ -48,6 +49,7 @@ REQUEUED_FROM = "requeued_from"  # numbers of the cut-short trials a re-queued t
 STUDY_METRIC = "metric"  # the objective metric's name
 STUDY_STRATEGY = "strategy"  # search.strategy the study was created with
 CONFIG = "config"  # the experiment config (password removed), as JSON
+FINGERPRINT = "fingerprint"  # what makes trials comparable (ExperimentConfig.fingerprint); a resume must match
 BEST_MODEL = "best_model"  # {trial, dir, metrics, selected?}: the one model kept on disk
 SELECTION = "selection"  # the selection phase's result: candidates, winner, flags, failed
 STAGES = "stages"  # proxy tuning: ratios and both stages' cost
@@ -92,6 +94,10 @@ class TrialRecord:
     @property
     def fail_reason(self) -> str:
         return str(self._get(FAIL_REASON, ""))
+
+    @property
+    def setup_failure(self) -> bool:
+        return bool(self._get(SETUP_FAILURE, False))
 
     @property
     def stop_reason(self) -> str:
@@ -144,6 +150,10 @@ class StudyRecord:
     @property
     def best_model(self) -> dict[str, Any]:
         return dict(self._get(BEST_MODEL, {}))
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        return self._get(FINGERPRINT)
 
     @property
     def selection(self) -> dict[str, Any] | None:

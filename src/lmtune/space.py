@@ -6,6 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
+from optuna.trial import FrozenTrial
 
 from lmtune.config import ParamSpec
 
@@ -45,6 +53,21 @@ class SearchSpace:
             if parent not in chosen or chosen[parent] not in wanted_list:
                 return False
         return True
+
+    def incompatible_with(self, trials: list[FrozenTrial]) -> tuple[str, BaseDistribution, BaseDistribution] | None:
+        """A dimension whose stored trials were sampled from a distribution this space cannot continue (other
+        categorical choices, a categorical turned into a range or back): (name, stored, declared), or None.
+        Optuna fails every new trial of such a study, so it must be refused before one starts."""
+        for t in trials:
+            for name, stored in t.distributions.items():
+                declared = distribution(self.params[name]) if name in self.params else None
+                if declared is None:
+                    continue
+                try:
+                    check_distribution_compatibility(stored, declared)
+                except ValueError:
+                    return name, stored, declared
+        return None
 
     def grid(self) -> dict[str, list[Any]]:
         """Grid points per sampled dimension (fixed values are not dimensions)."""
@@ -94,17 +117,29 @@ def _contains(spec: ParamSpec, value: Any) -> bool:
     return step is None or abs((value - spec.low) / step - round((value - spec.low) / step)) < 1e-9
 
 
-def _suggest_one(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+def distribution(spec: ParamSpec) -> BaseDistribution | None:
+    """The Optuna distribution a dimension is sampled from; None for a fixed value (never sampled)."""
     if spec.type == "fixed":
-        return spec.value
+        return None
     if spec.type == "categorical":
-        return trial.suggest_categorical(name, spec.choices or [])
+        return CategoricalDistribution(spec.choices or [])
     if spec.values:  # grid points declared for a numeric dimension
-        return trial.suggest_categorical(name, spec.values)
+        return CategoricalDistribution(spec.values)
     assert spec.low is not None and spec.high is not None
     if spec.type == "int":
-        return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
-    return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+        return IntDistribution(int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+def _suggest_one(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    dist = distribution(spec)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return spec.value
 
 
 def _dependency_order(params: Mapping[str, ParamSpec]) -> list[str]:

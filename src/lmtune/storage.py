@@ -28,6 +28,7 @@ from sqlalchemy.exc import ArgumentError
 
 from lmtune import interrupts
 from lmtune.errors import ConfigError
+from lmtune.records import FAIL_REASON
 
 PASSWORD_ENV = "LMTUNE_STORAGE_PASSWORD"
 # scheme://user:PASSWORD@host — the password runs to the last "@" before the host, as in SQLAlchemy's parser.
@@ -119,12 +120,24 @@ def _uninterrupted(method: _F) -> _F:
 
 
 class InterruptSafeStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose calls Ctrl-C never cuts short (`lmtune.interrupts` says why)."""
+    """Optuna's RDBStorage whose calls Ctrl-C never cuts short (`lmtune.interrupts` says why), and whose stale
+    trials say why they failed."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna marks these trials failed next, and a finished trial's attributes cannot change: their reason
+        is written while they are still RUNNING (by whichever worker sees them first)."""
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            with contextlib.suppress(Exception):  # another worker failed it first: its reason stands
+                self.set_trial_user_attr(trial_id, FAIL_REASON, (
+                    f"worker died: no heartbeat for over {self.grace_period} s (its process was killed or its "
+                    "machine lost); its parameters are queued to run again once"))
+        return stale
 
 
 for _name, _method in vars(optuna.storages.RDBStorage).items():
     if inspect.isfunction(_method) and not _name.startswith("__"):
-        setattr(InterruptSafeStorage, _name, _uninterrupted(_method))
+        setattr(InterruptSafeStorage, _name, _uninterrupted(vars(InterruptSafeStorage).get(_name, _method)))
 
 
 _process_lock = threading.Lock()

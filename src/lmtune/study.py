@@ -20,8 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import interrupts, records
-from lmtune.config import ExperimentConfig, ParamSpec
-from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
+from lmtune.config import ExperimentConfig, ParamSpec, fingerprint_changes
+from lmtune.errors import SETUP_ERRORS, ConfigError, DivergedError, OutOfMemoryError, TrainArgumentError
 from lmtune.results import baseline_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage, strip_password, study_lock
@@ -33,7 +33,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Finished trials that count against n_trials: a trial failed because its worker died and then retried
     (Optuna's RetryHeartbeatStaleTrialCallback), or interrupted and queued again (`Study.requeue`), is replaced
-    by its rerun, so neither a crash nor a Ctrl-C eats the budget."""
+    by its rerun, so neither a crash nor a Ctrl-C eats the budget; nor does a trial that failed on the study's
+    own setup (its data, model or objective: `records.SETUP_FAILURE`), which stops the study and is queued too."""
     trials = list(trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -131,9 +132,14 @@ def evaluate(objective: Objective, ctx: TrialContext) -> float:
         raise
     except Exception as e:
         trial.set_user_attr(records.FAIL_REASON, mask_url(f"{type(e).__name__}: {e}")[:2000])
+        if isinstance(e, SETUP_ERRORS) and not isinstance(e, TrainArgumentError):
+            # The study's data, model or objective is broken, whatever the parameters: every later trial would
+            # fail alike. The study stops and queues the trial again, uncounted (`Study._run_trial`).
+            trial.set_user_attr(records.SETUP_FAILURE, True)
         raise
     metrics = {ctx.metric: float(out)} if isinstance(out, int | float) else {k: float(v) for k, v in out.items()}
     if ctx.metric not in metrics:
+        trial.set_user_attr(records.SETUP_FAILURE, True)
         raise ConfigError(f"the objective returned {sorted(metrics)} without the study metric {ctx.metric!r}")
     trial.set_user_attr(records.METRICS, metrics)
     value = metrics[ctx.metric]
@@ -185,6 +191,8 @@ class Study:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
                               "use another study_name or the same objective")
+        if study_name in existing:
+            self._check_space_continues(storage_obj, study_name)
         optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction, load_if_exists=True)
         self.optuna = SharedStudy(study_name, storage_obj, sampler=sampler, pruner=pruner_obj)
         stored_metric = self.optuna.user_attrs.get(records.STUDY_METRIC)
@@ -198,6 +206,16 @@ class Study:
     @property
     def name(self) -> str:
         return self.optuna.study_name
+
+    def _check_space_continues(self, storage: optuna.storages.BaseStorage, study_name: str) -> None:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False)
+        clash = self.space.incompatible_with(trials)
+        if clash is not None:
+            name, stored, declared = clash
+            raise ConfigError(
+                f"search.space.{name}: study {study_name!r} already has trials sampled from {_describe(stored)}, "
+                f"and this run declares {_describe(declared)}; Optuna cannot continue a study whose choices (or "
+                f"kind of dimension) changed. Use a new study_name for the new space, or declare {name} as before")
 
     # ------------------------------------------------------------------------------------------------ running
     def optimize(self, objective: Objective, n_trials: int | None = None, timeout: float | None = None,
@@ -270,6 +288,12 @@ class Study:
         except KeyboardInterrupt:  # Optuna then marks it failed
             self.requeue_interrupted(trial)
             raise
+        except Exception:
+            frozen = self.optuna._storage.get_trial(trial._trial_id)
+            if records.TrialRecord(frozen).setup_failure:  # wherever it ran, the next trial would fail alike
+                self.optuna.stop()
+                self.requeue(frozen, records.TrialRecord(frozen).fail_reason)  # to run once the setup is fixed
+            raise
 
     def requeue_interrupted(self, trial: optuna.Trial) -> str:
         """Queue a trial that Ctrl-C (or SIGINT) cut short to run again; the reason it records."""
@@ -310,6 +334,13 @@ class Study:
         return baseline_trial(self.trials)
 
 
+def _describe(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"the choices {list(dist.choices)}"
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    return f"a{' log-scale' if dist.log else ''} {kind} range"  # type: ignore[attr-defined]
+
+
 def default_startup_trials(n_trials: int | None) -> int:
     """Random trials before TPE/GP model the space: 5, chosen on LCBench (BENCHMARKS.md, B2 sweep: 5 beat 10
     by 1.4 points of regret at 10 FTE and tied at 30), capped at a third of a small budget."""
@@ -331,8 +362,21 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
 
 
 def open_tuning_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
-    """The study of a config, with the config stored on first use (the report and `best` read it back)."""
+    """The study of a config, with the config stored on first use (the report and `best` read it back).
+
+    A study resumed with another model, data, objective or fixed training argument is refused (its old and new
+    trials would be ranked together though they measured different things), unless
+    `search.allow_changed_config`, which then records the new settings as the study's."""
     study = open_study(cfg, worker)
+    stored, now = records.StudyRecord(study.optuna).fingerprint, cfg.fingerprint()
+    if stored is not None and stored != now and not cfg.search.allow_changed_config:
+        changes = fingerprint_changes(stored, now)
+        raise ConfigError(
+            f"study {cfg.study_name!r} was run with other settings, so its trials would not be comparable with "
+            f"this run's: {'; '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}. Use a new study_name, "
+            "put the settings back, or pass --allow-changed-config (search.allow_changed_config) to go on anyway")
+    if stored != now:
+        study.optuna.set_user_attr(records.FINGERPRINT, now)
     if records.CONFIG not in study.optuna.user_attrs:
         stored = json.loads(cfg.model_dump_json())
         stored["storage"] = strip_password(cfg.storage)  # the study's readers need not learn the password

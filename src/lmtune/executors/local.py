@@ -15,10 +15,10 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
-import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
@@ -160,12 +160,12 @@ def warm_up(cfg: ExperimentConfig) -> None:
         import peft  # noqa: F401
 
 
-def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = None,
+def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Callable[[], None] | None = None,
          callbacks: Iterable[Callback] = ()) -> Study:
     """One worker of a shared study: prepare once, then run trials until the study's budget is spent.
 
-    `worker` (0..workers-1) picks the GPUs and offsets the sampler seed; `ready` is a barrier so that local
-    workers start claiming trials together.
+    `worker` (0..workers-1) picks the GPUs and offsets the sampler seed; `ready()` returns when every local
+    worker is ready, so that they start claiming trials together.
     """
     import torch
 
@@ -180,8 +180,7 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
     try:
         study = open_tuning_study(cfg, worker)
         if ready is not None:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                ready.wait()
+            ready()
         optimize_config(cfg, study, objective, callbacks, server)
     finally:
         server.close()
@@ -190,13 +189,21 @@ def work(cfg: ExperimentConfig, worker: int = 0, workers: int = 1, ready: Any = 
     return study
 
 
-def _worker_main(cfg_json: str, worker: int, workers: int, ready: Any, run: int) -> None:
+def _worker_main(cfg_json: str, worker: int, workers: int, conn: Any, run: int) -> None:
     # A process group of its own: a terminal's Ctrl-C reaches `lmtune run` alone, which passes it on once; a
     # second SIGINT arriving mid-handling could cut the re-queueing of the interrupted trial short. If `lmtune
     # run` dies (SIGKILL, SIGTERM, a closed terminal), the worker gets that Ctrl-C from the kernel instead of
-    # running the rest of the budget on its own.
+    # running the rest of the budget on its own; Python's own handler is set explicitly, since a program that
+    # ignores SIGINT (a script started in the background) passes that on to the processes it spawns.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.setpgrp()
     _die_with_parent(run, signal.SIGINT)
+
+    def ready() -> None:  # a pipe, not a multiprocessing Barrier: no named semaphore outlives a killed run
+        conn.send("ready")
+        with contextlib.suppress(EOFError):  # `lmtune run` is gone: the kernel's SIGINT follows
+            conn.recv()
+
     try:
         work(ExperimentConfig.model_validate_json(cfg_json), worker, workers, ready)
     except LmtuneError as e:
@@ -211,16 +218,21 @@ def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callbac
     trial as it finishes."""
     n = cfg.executor.workers or 1
     spawn = multiprocessing.get_context("spawn")  # a clean interpreter: nothing forked from this process
-    ready = spawn.Barrier(n)
-    procs = [spawn.Process(target=_worker_main, args=(cfg.model_dump_json(), i, n, ready, os.getpid()),
+    pipes = [spawn.Pipe() for _ in range(n)]
+    procs = [spawn.Process(target=_worker_main, args=(cfg.model_dump_json(), i, n, pipes[i][1], os.getpid()),
                            name=f"lmtune-worker-{i}") for i in range(n)]
     seen = {t.number for t in study.trials if t.state.is_finished()}
     for p in procs:
         p.start()
+    starting, buried = set(range(n)), set[int]()
     try:
         while any(p.is_alive() for p in procs):
-            if any(p.exitcode is not None for p in procs):
-                ready.abort()  # a worker that failed to start must not keep the others waiting
+            if starting:
+                _start_when_all_ready(procs, [ours for ours, _ in pipes], starting)
+            for i, p in enumerate(procs):
+                if p.exitcode and i not in buried:  # died or failed: its trial must not wait for the grace period
+                    buried.add(i)
+                    _fail_trials_of(study, p, i)
             time.sleep(0.5)
             _report_finished(study, seen, callbacks)
     except KeyboardInterrupt:  # the workers have process groups of their own: pass Ctrl-C on, once
@@ -238,6 +250,43 @@ def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callbac
     failed = [p.exitcode for p in procs if p.exitcode]
     if len(failed) == n:
         raise LmtuneError(f"all {n} workers exited with an error (exit codes {failed}); see their messages above")
+
+
+def _start_when_all_ready(procs: list[Any], conns: list[Any], starting: set[int]) -> None:
+    """Once every worker is ready (or has exited: one that failed to start must not keep the others waiting),
+    tell them to go."""
+    for i in list(starting):
+        if conns[i].poll():
+            with contextlib.suppress(EOFError):
+                conns[i].recv()
+            starting.discard(i)
+        elif procs[i].exitcode is not None:
+            starting.discard(i)
+    if not starting:
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.send("go")
+
+
+def _fail_trials_of(study: Study, proc: Any, index: int) -> None:
+    """The trials a dead worker left RUNNING: failed with the reason and queued again now, instead of after the
+    heartbeat's grace period."""
+    name = f"{socket.gethostname()}:{proc.pid}"
+    reason = (f"worker died: local worker {index} (pid {proc.pid}) exited with code {proc.exitcode} "
+              f"({_exit_meaning(proc.exitcode)}) while training this trial; its parameters are queued to run again")
+    for t in study.optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get(records.WORKER) == name:
+            study.requeue(t, reason)
+            study.optuna._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _exit_meaning(code: int) -> str:
+    if code >= 0:
+        return "an error, see its message above"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _report_finished(study: Study, seen: set[int], callbacks: Iterable[Callback]) -> None:

@@ -4,20 +4,11 @@ from typing import get_args
 
 import optuna
 
-from lmtune.config import PrunerName
+from lmtune.config import COMBINED, PrunerName, resolve
 from lmtune.errors import ConfigError
 
 PRUNERS: tuple[str, ...] = get_args(PrunerName)
-
-# What each combined strategy (config.CombinedName) means: (sampler, pruner).
-COMBINED = {"auto": ("tpe", "hyperband"), "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
-            "pbt": ("random", "none")}
-
-
-def resolve(strategy: str, pruner: str | None) -> tuple[str, str]:
-    """(sampler, pruner) names for a strategy and an optional explicit pruner; the explicit one wins."""
-    sampler, implied = COMBINED.get(strategy, (strategy, "none"))
-    return sampler, pruner or implied
+__all__ = ["COMBINED", "PRUNERS", "create_pruner", "resolve"]
 
 
 def create_pruner(name: str, min_resource: int | None = None, reduction_factor: int = 3,

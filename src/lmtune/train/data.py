@@ -53,10 +53,19 @@ class Splits:
 def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs from a JSONL file or a JSON list; errors name the file and line."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data file {str(p)!r} is a directory; give the JSONL or JSON file inside it")
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist; check data.path (relative paths are relative "
                         "to the config file)")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{p}, line {line}, column {column}: byte 0x{raw[e.start]:02x} is not UTF-8; save the "
+                        "file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

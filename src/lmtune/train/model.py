@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from lmtune.builtin.model import BUILTIN_PREFIX, materialize
 from lmtune.config import ModelConfig, TrainConfig
-from lmtune.errors import ModelLoadError
+from lmtune.errors import ModelLoadError, TrainArgumentError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer|block)\.(\d+)\.")
@@ -91,7 +91,7 @@ def apply_lora(model: PreTrainedModel, train: TrainConfig) -> PreTrainedModel:
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise ModelLoadError(f"train.lora_target_modules: {_first_line(e)}") from None
+        raise TrainArgumentError(f"train.lora_target_modules: {_first_line(e)}") from None
 
 
 def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict[str, Any]]:

@@ -312,3 +312,20 @@ def test_installed_command_prints_no_traceback(case, existing, tmp_path):
     assert out.stdout == ""
     assert (tmp_path / "study.db").read_bytes() == db.read_bytes()
 
+
+
+def test_an_unreachable_hub_is_said_at_once_without_retry_lines(existing, tmp_path):
+    """A hub id while the hub cannot be reached (here a closed port on 127.0.0.1 as the endpoint): one message,
+    not transformers' half a minute of 'Retrying in 8s' lines."""
+    cfg, db = existing
+    case = Case("hub-unreachable", ["'no-such-org/no-such-model' was looked up as a hub id", "cannot be reached",
+                                    "not in the local cache"],
+                patch={"model": {"name_or_path": "no-such-org/no-such-model"}})
+    args = _prepare(case, cfg, db, tmp_path)
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": f"http://127.0.0.1:{CLOSED}", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([str(Path(sys.executable).parent / "lmtune"), *args], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)
+    _assert_refused(out.stderr, out.returncode, case)
+    assert "Retrying" not in out.stdout + out.stderr
+    assert (tmp_path / "study.db").read_bytes() == db.read_bytes()

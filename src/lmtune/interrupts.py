@@ -53,6 +53,12 @@ def _raise_pending() -> None:
         raise KeyboardInterrupt
 
 
+def raise_if_pending() -> None:
+    """Inside a held section, before starting something Ctrl-C would cut at once (a new trial): stop here."""
+    if threading.current_thread() is threading.main_thread():
+        _raise_pending()
+
+
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """A section Ctrl-C must not cut: a SIGINT arriving in it is raised when it ends."""

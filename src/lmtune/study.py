@@ -66,6 +66,7 @@ class SharedStudy(optuna.Study):
                 trials = self.get_trials(deepcopy=False)
                 running = [t for t in trials if t.state == TrialState.RUNNING]
                 if len(counted(trials)) + len(running) < self.budget:
+                    interrupts.raise_if_pending()  # a trial started now would be interrupted at its first step
                     return super().ask(fixed_distributions)
             if not running:
                 raise BudgetSpent
@@ -74,6 +75,7 @@ class SharedStudy(optuna.Study):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self)
+        interrupts.raise_if_pending()
         return super().ask(fixed_distributions)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,8 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 def check_model(cfg: ModelConfig) -> None:
     """Fail fast on an unusable model reference by loading only its config (no weights)."""
     path = resolve_path(cfg)
+    if not Path(path).exists():
+        _reach_hub(cfg.name_or_path, path)
     try:
         AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -59,6 +63,35 @@ def check_model(cfg: ModelConfig) -> None:
             f"; no folder {path!r} exists, so it was looked up as a hub id: if it is a local model, fix the path "
             "(relative paths are relative to the config file)")
         raise ModelLoadError(f"model.name_or_path: cannot load {cfg.name_or_path!r}: {_first_line(e)}{hint}") from None
+
+
+def _reach_hub(name: str, repo_id: str) -> None:
+    """A hub id is looked up over the network, and against a hub it cannot reach transformers retries for half a
+    minute, printing a line each time, in every process that loads the model. One quick probe instead: when the
+    hub is unreachable, a model in the local cache is used offline from then on (said once), and any other is
+    refused at once."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        model_info(repo_id, timeout=10)
+        return
+    except Exception as e:  # classified below: a missing or gated repo is for transformers to explain
+        if not any(c.__name__ in ("TransportError", "ConnectionError", "Timeout", "TimeoutException")
+                   for c in type(e).__mro__):
+            return
+        reason = _first_line(e)
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        os.environ["HF_HUB_OFFLINE"] = "1"  # this process and the workers it starts
+        constants.HF_HUB_OFFLINE = True
+        warnings.warn(f"the hub ({constants.ENDPOINT}) cannot be reached ({reason}); using the cached copy of "
+                      f"{repo_id!r} offline", stacklevel=2)
+        return
+    raise ModelLoadError(f"model.name_or_path: {name!r} was looked up as a hub id, but the hub "
+                         f"({constants.ENDPOINT}) cannot be reached ({reason}) and the model is not in the local "
+                         "cache; connect and run again, download it beforehand, or give a local folder (if it is "
+                         "one, fix the path: relative paths are relative to the config file)")
 
 
 def load_model(cfg: ModelConfig, train: TrainConfig) -> PreTrainedModel:

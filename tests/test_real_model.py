@@ -216,3 +216,48 @@ def test_proxy_keeps_the_first_layers_with_their_weights(smol_dir, tmp_path):
 
 def _parts(cfg: Any) -> tuple[Any, Any, Any]:
     return cfg.model, cfg.data, cfg.train
+
+
+def test_proxy_of_a_users_gguf_file_is_a_plain_checkpoint(smol_dir, tmp_path):
+    from lmtune.proxy import build_proxy_model, proxy_config
+    from lmtune.train.model import load_tokenizer
+
+    folder = wheel_gguf("smollm2-135m-instruct").parent
+    cfg = validate_config({"study_name": "p", "output_dir": str(tmp_path),
+                           "model": {"name_or_path": str(folder), "gguf_file": GGUF_NAME},
+                           "stages": {"proxy": {"model": {"num_hidden_layers": 2}}}})
+    proxy = proxy_config(cfg, build_proxy_model(cfg), n_train=100)
+    assert proxy.model.gguf_file is None
+    assert AutoConfig.from_pretrained(resolve_path(proxy.model)).num_hidden_layers == 2
+    assert load_tokenizer(proxy.model).eos_token == "<|im_end|>"
+
+
+@pytest.mark.slow  # ~50 s: two trials of the 30-layer model through the whole study path
+def test_a_study_keeps_the_best_adapter_which_reloads_and_exports(smol_dir, tmp_path):
+    """Two LoRA trials on the real model: the kept best adapter reproduces its stored validation loss when
+    reloaded with AutoPeftModelForCausalLM, and `lmtune export` writes its LoRA config for HF."""
+    from peft import AutoPeftModelForCausalLM
+    from typer.testing import CliRunner
+
+    from lmtune import tune
+    from lmtune.cli import app
+
+    raw = _config(SMOL, tmp_path, max_steps=1, eval_steps=1).model_dump()
+    raw["search"] = {"strategy": "random", "n_trials": 2, "seed": 0,
+                     "space": {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}, "lora_r": [4, 8]}}
+    study = tune(raw)
+    kept = study.optuna.user_attrs["best_model"]
+    trial = study.optuna.trials[kept["trial"]]
+    adapter = Path(kept["dir"])
+    assert (adapter / "adapter_config.json").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == trial.params.get("lora_r", 8)
+    cfg = _config(SMOL, tmp_path, max_steps=1, eval_steps=1)
+    trainer = Trainer(cfg.model, cfg.data, cfg.train).setup()  # the same validation rows, encoded again
+    assert _eval_loss(AutoPeftModelForCausalLM.from_pretrained(adapter), trainer) == pytest.approx(
+        kept["metrics"]["eval_loss"], rel=1e-4)
+    res = CliRunner().invoke(app, ["export", "--storage", raw["storage"], "--study", "smol", "--format",
+                                   "trainingargs", "-o", str(tmp_path / "args.json")])
+    assert res.exit_code == 0, res.output
+    extra = json.loads((tmp_path / "args.extra.json").read_text())
+    assert extra["peft_lora_config"]["target_modules"] == "all-linear"
+    assert extra["tuned_model_dir"] == str(adapter)

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-slow lint bench clean postgresql-server
+.PHONY: install demo smollm2 test test-slow lint bench clean postgresql-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/lmtune run examples/quickstart.yaml
+
+# The real-model step: a LoRA study of the pretrained SmolLM2-135M-Instruct (installed above, never downloaded).
+smollm2: $(VENV)/.installed
+	$(VENV)/bin/lmtune run examples/smollm2_lora.yaml
 
 test: $(VENV)/.installed /usr/bin/chromium postgresql-server
 	$(PY) -m pytest -q

@@ -261,3 +261,10 @@ def test_a_study_keeps_the_best_adapter_which_reloads_and_exports(smol_dir, tmp_
     extra = json.loads((tmp_path / "args.extra.json").read_text())
     assert extra["peft_lora_config"]["target_modules"] == "all-linear"
     assert extra["tuned_model_dir"] == str(adapter)
+
+
+def test_the_pretrained_builtin_takes_the_published_preset_ranges():
+    from lmtune.presets import preset_space
+
+    assert preset_space("lora", SMOL)["learning_rate"] == {"low": 1e-4, "high": 1e-3, "log": True}
+    assert preset_space("lora", "builtin:tiny")["learning_rate"]["high"] == 3e-2  # random init: scaled up

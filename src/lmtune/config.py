@@ -53,8 +53,21 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name_or_path: str = Field("builtin:tiny", description="HF hub id, local directory, or builtin:tiny/micro")
+    name_or_path: str = Field("builtin:tiny", description="HF hub id, local directory, or builtin:tiny/micro/"
+                              "smollm2-135m-instruct")
+    gguf_file: str | None = Field(None, description="a .gguf file in the folder name_or_path, loaded with "
+                                  "transformers' GGUF support (de-quantized once and cached)")
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _gguf(self) -> ModelConfig:
+        if self.gguf_file is not None:
+            if not self.gguf_file.lower().endswith(".gguf"):
+                raise ValueError(f"model.gguf_file must name a .gguf file, got {self.gguf_file!r}")
+            if self.name_or_path.startswith("builtin:"):
+                raise ValueError("model.gguf_file is for your own GGUF file: set model.name_or_path to the folder "
+                                 "that holds it (built-in models need no gguf_file)")
+        return self
 
 
 class BuiltinDataConfig(_Strict):

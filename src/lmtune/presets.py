@@ -38,10 +38,15 @@ BUILTIN_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+# The built-in models trained from a random init; builtin:smollm2-135m-instruct is pretrained and takes the
+# published ranges.
+RANDOM_INIT_BUILTINS = ("builtin:tiny", "builtin:micro")
+
+
 def preset_space(name: str, model_name: str) -> dict[str, Any]:
     """The preset's space for this model: published ranges, or scaled ones for the built-in tiny models."""
     space = dict(PRESETS[name])
-    if model_name.startswith("builtin:"):
+    if model_name in RANDOM_INIT_BUILTINS:
         space.update(BUILTIN_OVERRIDES[name])
     return {k: v for k, v in space.items() if v is not None}
 

@@ -53,12 +53,15 @@ def build_proxy_model(cfg: ExperimentConfig) -> Path:
     """
     stages = _stages(cfg)
     source = stages.proxy.model.name_or_path or cfg.model.name_or_path
+    # A sibling model is its own checkpoint: the target's gguf_file is not looked for in it.
+    source_cfg = cfg.model.model_copy(update={"name_or_path": source} if source == cfg.model.name_or_path else
+                                      {"name_or_path": source, "gguf_file": None})
     shrink = stages.proxy.model.shrinks()
     out = run_dir(cfg) / ("proxy-model-" + "-".join(f"{k}{v}" for k, v in sorted(shrink.items())))
     if not shrink:
-        return Path(source) if Path(source).exists() else Path(resolve_path(cfg.model.model_copy(
-            update={"name_or_path": source})))
-    path = resolve_path(cfg.model.model_copy(update={"name_or_path": source}))
+        return Path(source) if Path(source).exists() and not source_cfg.gguf_file else Path(resolve_path(
+            source_cfg))
+    path = resolve_path(source_cfg)
     if (out / "config.json").is_file():
         return out
     trust = cfg.model.trust_remote_code
@@ -72,7 +75,7 @@ def build_proxy_model(cfg: ExperimentConfig) -> Path:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
     tmp = out.with_name(f"{out.name}.tmp")
     model.save_pretrained(tmp)
-    load_tokenizer(cfg.model.model_copy(update={"name_or_path": path})).save_pretrained(tmp)
+    load_tokenizer(cfg.model.model_copy(update={"name_or_path": path, "gguf_file": None})).save_pretrained(tmp)
     tmp.rename(out)
     return out
 
@@ -102,8 +105,8 @@ def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int) -> Expe
     objective = ObjectiveConfig(metric=p.metric) if p.metric else cfg.objective
     return cfg.model_copy(update={
         "study_name": p.study_name or f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
-            "name_or_path": str(proxy_model)}), "data": data, "train": train, "search": search, "select": None,
-        "stages": None, "objective": objective})
+            "name_or_path": str(proxy_model), "gguf_file": None}), "data": data, "train": train, "search": search,
+        "select": None, "stages": None, "objective": objective})
 
 
 def _scaled_length(cfg: ExperimentConfig, fraction: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lmtune.builtin.smollm2 import GGUF_BUILTINS
 from lmtune.builtin.tokenizer import build_tokenizer
 
 BUILTIN_PREFIX = "builtin:"
@@ -29,7 +30,8 @@ def materialize(name: str) -> Path:
     """Write `builtin:<size>` (random init, fixed seed) with `save_pretrained` once and return its directory."""
     size = name.removeprefix(BUILTIN_PREFIX)
     if size not in SIZES:
-        raise ValueError(f"unknown built-in model {name!r}; choose from {[BUILTIN_PREFIX + s for s in SIZES]}")
+        names = [*SIZES, *GGUF_BUILTINS]
+        raise ValueError(f"unknown built-in model {name!r}; choose from {[BUILTIN_PREFIX + s for s in names]}")
     path = builtin_home() / f"{size}-{VERSION}"
     if (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
         return path

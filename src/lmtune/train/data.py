@@ -174,6 +174,18 @@ class PromptRenderer:
                                            return_dict=False)
         return list(ids)
 
+    def _answer_labels(self, answer: list[int]) -> list[int]:
+        """Labels for one rendered assistant turn: up to and including its end-of-turn (EOS) token.
+
+        Templates such as ChatML append a separator after the EOS (`<|im_end|>\\n`); generation stops at the
+        EOS, so the model is never asked to produce what follows it, and those tokens are not trained on.
+        """
+        eos = self.tok.eos_token_id
+        if eos in answer:
+            end = answer.index(eos) + 1
+            return answer[:end] + [IGNORE] * (len(answer) - end)
+        return list(answer)
+
     def _text_pieces(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         pieces: list[tuple[str, bool]] = []
         system = ""
@@ -201,7 +213,7 @@ class PromptRenderer:
                     raise DataError("the tokenizer's chat template renders a conversation prefix differently "
                                     "from the whole conversation, so answers cannot be masked; set "
                                     "data.prompt_template to 'alpaca' or a custom string")
-                labels += [IGNORE] * (len(prefix) - len(ids)) + upto[len(prefix):]
+                labels += [IGNORE] * (len(prefix) - len(ids)) + self._answer_labels(upto[len(prefix):])
                 ids = upto
             prompt_ids = self._chat(ex.messages[:-1], generation_prompt=True)
         else:

@@ -12,8 +12,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from lmtune.builtin.model import BUILTIN_PREFIX, materialize
+from lmtune.builtin.smollm2 import GGUF_BUILTINS, wheel_gguf
 from lmtune.config import ModelConfig, TrainConfig
 from lmtune.errors import ModelLoadError, TrainArgumentError
+from lmtune.train.gguf import dequantized
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer|block)\.(\d+)\.")
@@ -21,8 +23,13 @@ _EMBEDDING = re.compile(r"embed|wte|wpe|shared")
 
 
 def resolve_path(cfg: ModelConfig) -> str:
-    """A directory or hub id for `from_pretrained`; built-in names are written to disk first."""
+    """A directory or hub id for `from_pretrained`; built-in names and GGUF files are written to disk first
+    (a GGUF file de-quantized once), so every later load takes the ordinary `save_pretrained` path."""
     name = cfg.name_or_path
+    if name.removeprefix(BUILTIN_PREFIX) in GGUF_BUILTINS and name.startswith(BUILTIN_PREFIX):
+        return str(dequantized(wheel_gguf(name.removeprefix(BUILTIN_PREFIX)), "model.name_or_path"))
+    if cfg.gguf_file is not None:
+        return str(dequantized(gguf_path(cfg)))
     if name.startswith(BUILTIN_PREFIX):
         try:
             return str(materialize(name))
@@ -37,6 +44,17 @@ def resolve_path(cfg: ModelConfig) -> str:
         raise ModelLoadError(f"model.name_or_path: {name!r} is neither an existing directory nor a hub id like "
                              "'org/model'; fix the path (relative paths are relative to the config file)")
     return name
+
+
+def gguf_path(cfg: ModelConfig) -> Path:
+    """`model.gguf_file` inside the folder `model.name_or_path` (or an absolute path to the file)."""
+    assert cfg.gguf_file is not None
+    path = Path(cfg.name_or_path).expanduser() / Path(cfg.gguf_file).expanduser()
+    if not path.is_file():
+        where = "" if Path(cfg.gguf_file).is_absolute() else f" in the folder {cfg.name_or_path!r}"
+        raise ModelLoadError(f"model.gguf_file: no file {cfg.gguf_file!r}{where}; name_or_path is the local folder "
+                             "that holds the .gguf file, gguf_file its name (GGUF files are not downloaded)")
+    return path
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:

@@ -353,7 +353,7 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in collate_prompts(chunk, tok.pad_token_id).items()}
             with self._autocast():
                 out = self.model.generate(**batch, max_new_tokens=max_new, do_sample=False,
-                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                          pad_token_id=tok.pad_token_id, eos_token_id=self._eos_ids())
             texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
             for ex, text in zip(chunk, texts, strict=True):
                 for m in scored:
@@ -363,6 +363,17 @@ class Trainer:
         metrics = {name: sum(v) / len(v) for name, v in scores.items()}
         metrics.update({f"exact_match_{t}": sum(v) / len(v) for t, v in sorted(per_task.items())})
         return metrics
+
+    def _eos_ids(self) -> list[int]:
+        """Where greedy answers stop: the tokenizer's EOS (the end of an assistant turn in its chat template)
+        plus every EOS in the model's generation config (Llama 3 lists several, e.g. <|eot_id|>)."""
+        ids = [self.tokenizer.eos_token_id]
+        gen = getattr(self.model, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None)
+        for i in extra if isinstance(extra, list) else [extra]:
+            if i is not None and i not in ids:
+                ids.append(int(i))
+        return ids
 
     # ------------------------------------------------------------------------------------------------ state
     def save_state(self, path: str | Path) -> Path:

@@ -60,8 +60,8 @@ SPACE: dict[str, dict[str, Any]] = {
     "max_units": {"low": 64, "high": 1024, "log": True},
     "max_dropout": {"low": 0.0, "high": 1.0},
 }
-MULTI_FIDELITY = ("auto", "asha", "hyperband")
-MODEL_BASED = ("tpe", "auto")
+MULTI_FIDELITY = ("bohb", "asha", "hyperband")
+MODEL_BASED = ("tpe", "bohb")
 
 
 # ------------------------------------------------------------------------------------------------ surrogate
@@ -105,21 +105,48 @@ def reference_optima(data: Path = DATA) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass(frozen=True)
 class Spec:
-    """One strategy setting. rf/min_r only for multi-fidelity strategies, startup only for TPE-based ones."""
+    """One strategy setting. rf/min_r only for multi-fidelity strategies, startup only for TPE-based ones.
+
+    `auto` (lmtune's default) runs with its shipped settings when min_r, startup, z and ratio are None; a
+    value set there replaces that setting of its pruner (`ExtrapolationPruner`: min_resource, z, check_ratio)
+    or its TPE (startup), which is how its defaults were tuned.
+    """
 
     strategy: str
     rf: int | None = None
     min_r: int | None = None
     startup: int | None = None
+    z: float | None = None
+    ratio: float | None = None
+    plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
 
     @property
     def label(self) -> str:
         extra = []
         if self.rf is not None:
             extra += [f"rf={self.rf}", f"min={self.min_r}"]
+        elif self.min_r is not None:
+            extra.append(f"min={self.min_r}")
         if self.startup is not None:
             extra.append(f"startup={self.startup}")
+        if self.z is not None:
+            extra.append(f"z={self.z:g}")
+        if self.ratio is not None:
+            extra.append(f"ratio={self.ratio:g}")
+        if self.plain is not None:
+            extra.append(f"plain={self.plain}")
         return self.strategy + (f"[{','.join(extra)}]" if extra else "")
+
+    @classmethod
+    def parse(cls, label: str) -> Spec:
+        """The Spec of a label such as ``auto[min=3,z=0.5]`` (the inverse of `label`)."""
+        name, _, rest = label.partition("[")
+        fields: dict[str, Any] = {}
+        for item in filter(None, rest.rstrip("]").split(",")):
+            key, _, value = item.partition("=")
+            key = {"min": "min_r"}.get(key.strip(), key.strip())
+            fields[key] = float(value) if key in ("z", "ratio") else int(value)
+        return cls(name.strip(), **fields)
 
 
 def default_spec(strategy: str, rf: int = 3, min_r: int = 1, startup: int = 10) -> Spec:
@@ -151,8 +178,21 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         kwargs.update(reduction_factor=spec.rf, min_resource=spec.min_r)
     if spec.startup is not None:
         kwargs["n_startup_trials"] = spec.startup
+    if spec.strategy == "auto" and spec.min_r is not None:
+        kwargs["min_resource"] = spec.min_r
     study = lmtune.Study(f"lcbench-{instance}-{spec.label}-{seed}", "memory://", space=SPACE,
                          strategy=spec.strategy, metric="val_accuracy", direction="maximize", seed=seed, **kwargs)
+    if spec.strategy == "auto" and (spec.z is not None or spec.ratio is not None):
+        from lmtune.strategies._lc_pruner import ExtrapolationPruner
+
+        shipped = study.optuna.pruner
+        assert isinstance(shipped, ExtrapolationPruner)
+        study.optuna.pruner = ExtrapolationPruner(
+            min_resource=shipped.min_resource, max_resource=MAX_EPOCH,
+            z=shipped.z if spec.z is None else spec.z,
+            check_ratio=shipped.check_ratio if spec.ratio is None else spec.ratio)
+    if spec.strategy == "auto" and spec.plain:
+        study.optuna.sampler = study.optuna.sampler.inner  # type: ignore[attr-defined]
 
     def objective(ctx: lmtune.TrialContext) -> dict[str, float]:
         acc, seconds = surrogate.curve(instance, ctx.params)
@@ -233,7 +273,8 @@ def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -
     results = pool.imap_unordered(run_one, todo) if pool else map(run_one, todo)
     try:
         for i, rec in enumerate(results, 1):
-            name = rec["spec"]["strategy"] + ("-sweep" if rec["label"] not in DEFAULT_LABELS else "")
+            name = rec["spec"]["strategy"] + ("" if rec["label"] in DEFAULT_LABELS else
+                                              "-main" if rec["label"] in MAIN_LABELS else "-sweep")
             with open(out / f"{name}.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if i % 20 == 0 or i == len(todo):
@@ -245,9 +286,13 @@ def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -
 
 
 # Chosen from the sweep (seeds 0..19) and checked with --recommended on all main seeds (see BENCHMARKS.md).
-RECOMMENDED = (Spec("tpe", startup=5), Spec("auto", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
+RECOMMENDED = (Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
                Spec("hyperband", rf=3, min_r=9))
-DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "auto", "asha", "hyperband", "dehb")}
+DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb", "auto")}
+# Issue 13's comparison: the new `auto` (shipped settings) beside the best earlier settings of each strategy.
+MAIN = (Spec("random"), Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5),
+        Spec("bohb", rf=3, min_r=1, startup=5), Spec("asha", rf=3, min_r=3), Spec("auto"))
+MAIN_LABELS = {s.label for s in MAIN}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -325,8 +370,8 @@ def task_table(records: list[dict[str, Any]], ref: dict[str, float], labels: lis
 
 
 def sweep_specs() -> list[Spec]:
-    specs = [default_spec(s, rf=rf, min_r=m) for s in ("auto", "asha") for rf in (2, 3, 4) for m in (1, 3, 9)]
-    specs += [default_spec(s, startup=k) for s in ("tpe", "auto") for k in (5, 10, 20)]
+    specs = [default_spec(s, rf=rf, min_r=m) for s in ("bohb", "asha") for rf in (2, 3, 4) for m in (1, 3, 9)]
+    specs += [default_spec(s, startup=k) for s in ("tpe", "bohb") for k in (5, 10, 20)]
     return list(dict.fromkeys(specs))
 
 
@@ -398,6 +443,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recommended", action="store_true",
                    help="also run the settings chosen from the sweep (RECOMMENDED) on the main seeds")
     p.add_argument("--sweep-seeds", type=int, default=5, help="seeds 0..N-1 per setting in the sweep")
+    p.add_argument("--main", action="store_true",
+                   help="run issue 13's comparison (MAIN: random, tpe, bohb, asha at their best earlier settings, "
+                        "and the new auto) on the main seeds instead of --strategies")
+    p.add_argument("--specs", default="",
+                   help="';'-separated settings to run on the main seeds, as labels: 'auto[min=3,z=0.5];tpe'")
     p.add_argument("--per-task", action="store_true", help="also print mean regret per task at the full budget")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
@@ -413,13 +463,18 @@ def main(argv: list[str] | None = None) -> None:
             print("dehb is not installed in this interpreter; skipping it (see the module docstring)", file=sys.stderr)
             strategies.remove("dehb")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    extra_specs = [Spec.parse(x) for x in args.specs.split(";") if x.strip()]
     sweep_seeds = list(range(args.sweep_seeds))
     if not args.report_only:
         if args.sweep:
             tasks = [(s, i, seed, args.budget) for s in sweep_specs() if s.strategy in strategies
                      for i in instances for seed in sweep_seeds]
+        elif args.main or args.specs:
+            tasks = []
         else:
             tasks = [(default_spec(s), i, seed, args.budget) for s in strategies for i in instances for seed in seeds]
+        chosen = (list(MAIN) if args.main else []) + extra_specs
+        tasks += [(s, i, seed, args.budget) for s in chosen for i in instances for seed in seeds]
         if args.recommended:
             tasks += [(s, i, seed, args.budget) for s in RECOMMENDED if s.strategy in strategies
                       for i in instances for seed in seeds]
@@ -427,8 +482,9 @@ def main(argv: list[str] | None = None) -> None:
 
     records = load_records(args.out)
     ref = references(records)
-    labels = [default_spec(s).label for s in ("random", "tpe", "auto", "asha", "hyperband", "dehb")]
-    labels += [s.label for s in RECOMMENDED]
+    labels = [default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb")]
+    labels += [s.label for s in (*RECOMMENDED, *MAIN, *extra_specs)]
+    labels = list(dict.fromkeys(labels))
     print(f"## Normalized regret (%) at budget checkpoints, mean / median over {len(instances)} tasks x "
           f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) ([k/n]: only k of n runs had an epoch-52 evaluation yet)\n")
     print(main_table(records, ref, labels, instances, seeds, args.budget))

@@ -169,14 +169,15 @@ class Study:
                  n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None,
                  pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
                  max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120,
-                 worker: int = 0):
+                 worker: int = 0, prune_on: str | None = None, prune_direction: str | None = None):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
         self.metric, self.direction, self.strategy = metric, direction, strategy
         self.baseline = dict(baseline) if baseline is not None else None
         self.storage_url = storage
         sampler_name, self.pruner = resolve(strategy, pruner)
-        pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource)
+        pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource, prune_on,
+                                   prune_direction)
         storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         resumed = existing[study_name].n_trials if study_name in existing else 0
@@ -187,7 +188,7 @@ class Study:
             seed += worker
             if resumed:
                 seed = (seed * 1_000_003 + resumed) % 2**31
-        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
+        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource)
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "

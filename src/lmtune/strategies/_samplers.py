@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
+from lmtune.strategies._lc_sampler import CurveSampler
 
 STRATEGIES = ("grid", "random", "tpe", "gp")
 _ABSENT = object()
@@ -53,7 +54,8 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
-                   n_startup_trials: int | None = None) -> optuna.samplers.BaseSampler:
+                   n_startup_trials: int | None = None, max_resource: int | None = None
+                   ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for `strategy`.
 
     - ``grid``: :class:`optuna.samplers.GridSampler` over every categorical choice, declared ``values`` and
@@ -63,6 +65,8 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
       conditional parameters per group instead of ignoring them.
     - ``gp``: :class:`optuna.samplers.GPSampler`, Gaussian-process Bayesian optimisation (best for small,
       continuous spaces and small budgets).
+    - ``auto``: the ``tpe`` sampler modelling pruned trials at their extrapolated final values
+      (`CurveSampler`); `max_resource` is the step where training ends (None: where most trials end).
 
     Example::
 
@@ -80,6 +84,9 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if strategy == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        if strategy == "auto":
+            tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+            return CurveSampler(tpe, max_resource=max_resource)
         if strategy == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
     raise ConfigError(f"search.strategy: unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")

@@ -253,10 +253,14 @@ class PBTConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    strategy: Literal["grid", "random", "tpe", "gp", "auto", "asha", "hyperband", "pbt"] = "tpe"
+    strategy: Literal["grid", "random", "tpe", "gp", "auto", "bohb", "asha", "hyperband", "pbt"] = "tpe"
     preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
-    pruner: Literal["none", "asha", "hyperband", "median"] | None = Field(
-        None, description="None = the strategy's own (auto: hyperband, asha: asha, hyperband: hyperband)")
+    pruner: Literal["none", "asha", "hyperband", "median", "extrapolate"] | None = Field(
+        None, description="None = the strategy's own (auto: extrapolate, bohb: hyperband, asha: asha, "
+                          "hyperband: hyperband)")
+    prune_on: Literal[METRICS] | None = Field(  # type: ignore[valid-type]
+        None, description="prune on this metric's curve (e.g. eval_loss, smoother than exact_match) while the "
+                          "objective is objective.metric; needs the extrapolate pruner (strategy auto)")
     min_resource: int | None = Field(None, ge=1, description="pruning: optimizer steps before the first rung")
     reduction_factor: int = Field(3, ge=2, description="pruning: keep 1/reduction_factor of trials per rung")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -301,6 +305,10 @@ class SearchConfig(_Strict):
                         f"{parent} takes {allowed}"
                     )
         _check_acyclic(self.space)
+        if self.prune_on is not None and (self.pruner or ("extrapolate" if self.strategy == "auto" else None)
+                                          ) != "extrapolate":
+            raise ValueError("search.prune_on: only the extrapolate pruner watches another metric; use strategy "
+                             "auto or pruner extrapolate, or remove prune_on")
         if self.strategy == "pbt" and self.pruner not in (None, "none"):
             raise ValueError("search.pruner: population-based training replaces pruning; remove the pruner")
         if self.strategy == "grid":

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import interrupts
-from lmtune.config import ExperimentConfig, ParamSpec, validate_config
+from lmtune.config import METRICS_TO_MAXIMIZE, ExperimentConfig, ParamSpec, validate_config
 from lmtune.errors import ConfigError, DivergedError, OutOfMemoryError
 from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
@@ -188,7 +188,8 @@ class Study:
             seed += worker
             if resumed:
                 seed = (seed * 1_000_003 + resumed) % 2**31
-        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource)
+        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource,
+                                 prior=self.space.clip_to_space(self.baseline) if self.baseline else None)
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
@@ -333,6 +334,8 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
         else default_startup_trials(search.n_trials),
         baseline=cfg.train.model_dump() if search.baseline else None,
         pruner=search.pruner, min_resource=search.min_resource, reduction_factor=search.reduction_factor,
+        prune_on=search.prune_on, prune_direction=None if search.prune_on is None
+        else "maximize" if search.prune_on in METRICS_TO_MAXIMIZE else "minimize",
     )
 
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -9,6 +10,7 @@ from optuna.trial import TrialState
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
+from lmtune.strategies._prior import PriorSampler
 
 STRATEGIES = ("grid", "random", "tpe", "gp")
 _ABSENT = object()
@@ -54,8 +56,8 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
-                   n_startup_trials: int | None = None, max_resource: int | None = None
-                   ) -> optuna.samplers.BaseSampler:
+                   n_startup_trials: int | None = None, max_resource: int | None = None,
+                   prior: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for `strategy`.
 
     - ``grid``: :class:`optuna.samplers.GridSampler` over every categorical choice, declared ``values`` and
@@ -66,7 +68,9 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
     - ``gp``: :class:`optuna.samplers.GPSampler`, Gaussian-process Bayesian optimisation (best for small,
       continuous spaces and small budgets).
     - ``auto``: the ``tpe`` sampler modelling pruned trials at their extrapolated final values
-      (`CurveSampler`); `max_resource` is the step where training ends (None: where most trials end).
+      (`CurveSampler`); `max_resource` is the step where training ends (None: where most trials end). Given
+      `prior` (the baseline's parameters), some proposals come from around it and around the incumbent
+      (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the baseline's region disappoints.
 
     Example::
 
@@ -86,7 +90,8 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
         if strategy == "auto":
             tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
-            return CurveSampler(tpe, max_resource=max_resource)
+            curves = CurveSampler(tpe, max_resource=max_resource)
+            return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
     raise ConfigError(f"search.strategy: unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")

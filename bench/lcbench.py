@@ -117,6 +117,7 @@ class Spec:
     min_r: int | None = None
     startup: int | None = None
     z: float | None = None
+    z0: float | None = None
     ratio: float | None = None
     plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
 
@@ -131,6 +132,8 @@ class Spec:
             extra.append(f"startup={self.startup}")
         if self.z is not None:
             extra.append(f"z={self.z:g}")
+        if self.z0 is not None:
+            extra.append(f"z0={self.z0:g}")
         if self.ratio is not None:
             extra.append(f"ratio={self.ratio:g}")
         if self.plain is not None:
@@ -145,7 +148,7 @@ class Spec:
         for item in filter(None, rest.rstrip("]").split(",")):
             key, _, value = item.partition("=")
             key = {"min": "min_r"}.get(key.strip(), key.strip())
-            fields[key] = float(value) if key in ("z", "ratio") else int(value)
+            fields[key] = float(value) if key in ("z", "z0", "ratio") else int(value)
         return cls(name.strip(), **fields)
 
 
@@ -182,7 +185,7 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         kwargs["min_resource"] = spec.min_r
     study = lmtune.Study(f"lcbench-{instance}-{spec.label}-{seed}", "memory://", space=SPACE,
                          strategy=spec.strategy, metric="val_accuracy", direction="maximize", seed=seed, **kwargs)
-    if spec.strategy == "auto" and (spec.z is not None or spec.ratio is not None):
+    if spec.strategy == "auto" and (spec.z is not None or spec.ratio is not None or spec.z0 is not None):
         from lmtune.strategies._lc_pruner import ExtrapolationPruner
 
         shipped = study.optuna.pruner
@@ -190,7 +193,8 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         study.optuna.pruner = ExtrapolationPruner(
             min_resource=shipped.min_resource, max_resource=MAX_EPOCH,
             z=shipped.z if spec.z is None else spec.z,
-            check_ratio=shipped.check_ratio if spec.ratio is None else spec.ratio)
+            check_ratio=shipped.check_ratio if spec.ratio is None else spec.ratio,
+            z_start=spec.z0 if spec.z0 is not None else spec.z if spec.z is not None else shipped.z_start)
     if spec.strategy == "auto" and spec.plain:
         study.optuna.sampler = study.optuna.sampler.inner  # type: ignore[attr-defined]
 
@@ -289,9 +293,10 @@ def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -
 RECOMMENDED = (Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
                Spec("hyperband", rf=3, min_r=9))
 DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb", "auto")}
-# Issue 13's comparison: the new `auto` (shipped settings) beside the best earlier settings of each strategy.
+# Issue 13's comparison: the earlier strategies at their best B2 settings (bohb = the earlier auto, with its
+# shipped min_resource 1 and the sweep's 9). The new `auto` runs beside them with `--specs auto`.
 MAIN = (Spec("random"), Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5),
-        Spec("bohb", rf=3, min_r=1, startup=5), Spec("asha", rf=3, min_r=3), Spec("auto"))
+        Spec("bohb", rf=3, min_r=1, startup=5), Spec("asha", rf=3, min_r=3))
 MAIN_LABELS = {s.label for s in MAIN}
 
 
@@ -444,8 +449,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also run the settings chosen from the sweep (RECOMMENDED) on the main seeds")
     p.add_argument("--sweep-seeds", type=int, default=5, help="seeds 0..N-1 per setting in the sweep")
     p.add_argument("--main", action="store_true",
-                   help="run issue 13's comparison (MAIN: random, tpe, bohb, asha at their best earlier settings, "
-                        "and the new auto) on the main seeds instead of --strategies")
+                   help="run issue 13's baselines (MAIN: random, tpe, bohb, asha at their best earlier settings) "
+                        "on the main seeds instead of --strategies; add --specs auto for the new auto")
     p.add_argument("--specs", default="",
                    help="';'-separated settings to run on the main seeds, as labels: 'auto[min=3,z=0.5];tpe'")
     p.add_argument("--per-task", action="store_true", help="also print mean regret per task at the full budget")
@@ -483,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(args.out)
     ref = references(records)
     labels = [default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb")]
-    labels += [s.label for s in (*RECOMMENDED, *MAIN, *extra_specs)]
+    labels += [s.label for s in (*RECOMMENDED, *MAIN, Spec("auto"), *extra_specs)]
     labels = list(dict.fromkeys(labels))
     print(f"## Normalized regret (%) at budget checkpoints, mean / median over {len(instances)} tasks x "
           f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) ([k/n]: only k of n runs had an epoch-52 evaluation yet)\n")

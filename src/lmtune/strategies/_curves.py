@@ -24,6 +24,7 @@ import numpy as np
 
 EXPONENTS = (0.25, 0.5, 1.0, 1.5, 2.5)
 _MIN_REFERENCES = 4  # finished curves before the cross-trial regression is trusted
+_MIN_CALIBRATION = 6  # finished curves before its errors calibrate the uncertainty
 _RIDGE = 1e-3
 
 
@@ -76,38 +77,70 @@ def power_law_ensemble(steps: Sequence[float], values: Sequence[float], horizon:
     return Prediction(mean, std)
 
 
+@dataclass(frozen=True)
+class _CrossFit:
+    coef: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+    inverse: np.ndarray  # (X'X + ridge)^-1 of the standardized design, for the prediction interval
+    sigma: float
+    calibration: float  # factor on the combined standard deviation, from leave-one-out errors on the references
+
+
 class CurveModel:
     """Predicts final values from partial curves, given the curves of trials that reached `horizon`.
 
     `references` maps each finished trial to its curve ``{step: value}``; curves are compared at equal steps.
+    The combined uncertainty is calibrated on the references themselves: each is predicted from its own partial
+    curve and a fit without it (leave-one-out), and the standard deviation is widened until 80 % of those
+    errors fall within 1.28 of it, as split-conformal prediction does. Learning-curve errors are heavy-tailed
+    and differ from step to step, so a fixed Gaussian width would prune too eagerly early on.
+    `own_cache` keeps the references' own power-law fits between models (they never change).
     """
 
-    def __init__(self, references: Sequence[Mapping[int, float]], horizon: int):
+    def __init__(self, references: Sequence[Mapping[int, float]], horizon: int,
+                 own_cache: dict[tuple[int, float, float], Prediction] | None = None):
         self.horizon = horizon
         self.references = [r for r in references if horizon in r]
-        self._fits: dict[int, tuple[np.ndarray, float] | None] = {}
+        self._fits: dict[int, _CrossFit | None] = {}
+        self._own_cache = own_cache if own_cache is not None else {}
 
-    def _cross_fit(self, step: int, half: int) -> tuple[np.ndarray, float] | None:
+    def _own(self, curve: Mapping[int, float], step: int) -> Prediction:
+        key = (step, float(curve[step]), float(curve[self.horizon]))
+        if key not in self._own_cache:
+            steps = sorted(s for s in curve if s <= step)
+            self._own_cache[key] = power_law_ensemble(steps, [curve[s] for s in steps], self.horizon)
+        return self._own_cache[key]
+
+    def _cross_fit(self, step: int, half: int) -> _CrossFit | None:
         """Ridge fit of final on (value at step, value at step - value at half) over the references."""
         key = step * 100_003 + half
         if key in self._fits:
             return self._fits[key]
-        rows = [(r[step], r[step] - r.get(half, r[step]), r[self.horizon]) for r in self.references if step in r]
+        refs = [r for r in self.references if step in r]
+        rows = [(r[step], r[step] - r.get(half, r[step]), r[self.horizon]) for r in refs]
         fit = None
         if len(rows) >= _MIN_REFERENCES:
             data = np.asarray(rows, dtype=float)
-            x = np.column_stack([np.ones(len(data)), data[:, 0], data[:, 1]])
-            target = data[:, 2]
-            # Centre and scale so the ridge penalty means the same for any metric's units.
-            sd = data[:, :2].std(axis=0) + 1e-9
-            xs = x.copy()
-            xs[:, 1:] = (x[:, 1:] - data[:, :2].mean(axis=0)) / sd
-            penalty = _RIDGE * len(data) * np.diag([0.0, 1.0, 1.0])
-            coef = np.linalg.solve(xs.T @ xs + penalty, xs.T @ target)
-            resid = target - xs @ coef
-            dof = max(len(data) - 3, 1)
-            sigma = float(np.sqrt(np.sum(resid ** 2) / dof))
-            fit = (np.concatenate([coef, data[:, :2].mean(axis=0), sd]), sigma * math.sqrt(1 + 3 / len(data)))
+            mean, sd = data[:, :2].mean(axis=0), data[:, :2].std(axis=0) + 1e-9
+            # Centred and scaled, so the ridge penalty means the same for any metric's units.
+            x = np.column_stack([np.ones(len(data)), (data[:, :2] - mean) / sd])
+            inverse = np.linalg.inv(x.T @ x + _RIDGE * len(data) * np.diag([0.0, 1.0, 1.0]))
+            coef = inverse @ x.T @ data[:, 2]
+            resid = data[:, 2] - x @ coef
+            sigma = float(np.sqrt(np.sum(resid ** 2) / max(len(data) - 3, 1)))
+            calibration = 1.0
+            if len(data) >= _MIN_CALIBRATION:
+                leverage = np.einsum("ij,jk,ik->i", x, inverse, x)
+                loo = data[:, 2] - resid / np.maximum(1.0 - leverage, 1e-3)  # leave-one-out predictions
+                loo_sd = sigma * np.sqrt(1.0 + leverage / np.maximum(1.0 - leverage, 1e-3))
+                z = []
+                for r, c, c_sd, target in zip(refs, loo, loo_sd, data[:, 2], strict=True):
+                    own = self._own(r, step)
+                    p = _combine(own, float(c), float(c_sd))
+                    z.append(abs(target - p.mean) / max(p.std, 1e-12))
+                calibration = max(1.0, float(np.quantile(z, 0.8)) / 1.2816)
+            fit = _CrossFit(coef, mean, sd, inverse, sigma, calibration)
         self._fits[key] = fit
         return fit
 
@@ -125,11 +158,16 @@ class CurveModel:
         fit = self._cross_fit(step, half)
         if fit is None:
             return own
-        params, sigma = fit
-        coef, mean_x, sd_x = params[:3], params[3:5], params[5:7]
-        x = (np.array([value, value - float(curve[half])]) - mean_x) / sd_x
-        cross = float(coef[0] + coef[1:] @ x)
-        # Inverse-variance combination of the two predictors.
-        w_own, w_cross = 1.0 / max(own.std, 1e-9) ** 2, 1.0 / max(sigma, 1e-9) ** 2
-        mean = (w_own * own.mean + w_cross * cross) / (w_own + w_cross)
-        return Prediction(mean, math.sqrt(1.0 / (w_own + w_cross)))
+        x = np.concatenate([[1.0], (np.array([value, value - float(curve[half])]) - fit.mean) / fit.sd])
+        cross = float(fit.coef @ x)
+        # The prediction interval of a linear fit: wider the further the curve lies from the references
+        # (a trial far worse than every finished one is extrapolated, not interpolated).
+        sigma = fit.sigma * math.sqrt(1.0 + float(x @ fit.inverse @ x))
+        combined = _combine(own, cross, sigma)
+        return Prediction(combined.mean, combined.std * fit.calibration)
+
+
+def _combine(own: Prediction, cross: float, cross_sd: float) -> Prediction:
+    """Inverse-variance combination of the curve's own extrapolation and the cross-trial prediction."""
+    w_own, w_cross = 1.0 / max(own.std, 1e-9) ** 2, 1.0 / max(cross_sd, 1e-9) ** 2
+    return Prediction((w_own * own.mean + w_cross * cross) / (w_own + w_cross), math.sqrt(1.0 / (w_own + w_cross)))

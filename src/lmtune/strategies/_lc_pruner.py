@@ -50,6 +50,7 @@ class CurveModels:
         self.key: tuple[int, int] | None = None
         self._model: CurveModel | None = None
         self._finals: list[float] = []
+        self._own_cache: dict = {}  # references' own extrapolations, kept between models
 
     def get(self, study: optuna.Study) -> tuple[CurveModel, list[float]] | None:
         """(model, final values of the finished trials), or None while no trial has finished."""
@@ -59,7 +60,8 @@ class CurveModels:
             curves = [c for c in (metric_curve(t, self.metric) for t in complete) if c]
             horizon = self.max_resource or _common_end(curves)
             finals = [c[horizon] for c in curves if horizon is not None and horizon in c]
-            self._model = CurveModel(curves, horizon) if finals and horizon is not None else None
+            self._model = (CurveModel(curves, horizon, self._own_cache) if finals and horizon is not None
+                           else None)
             self._finals, self.key = finals, key
         return (self._model, self._finals) if self._model is not None else None
 
@@ -78,6 +80,10 @@ class ExtrapolationPruner(optuna.pruners.BasePruner):
     final value of the study. Checked from `min_resource` steps on, at steps `check_ratio` apart
     geometrically (``min_resource * check_ratio**k``), so a noisy curve is not tested at every evaluation.
 
+    With `z_start` the margin grows linearly from `z_start` at step 0 to `z` at the end of training: a stop early
+    saves most of a run and risks little, while a stop near the end saves little and may lose a finished
+    winner, so late decisions ask for more certainty.
+
     `metric` prunes on another metric of the trial's ``curve`` attribute (a smooth one such as eval_loss,
     ``search.prune_on``) in `direction`; None prunes on the objective.
 
@@ -88,8 +94,9 @@ class ExtrapolationPruner(optuna.pruners.BasePruner):
 
     def __init__(self, min_resource: int = 2, max_resource: int | None = None, z: float = 1.0,
                  check_ratio: float = 1.5, metric: str | None = None, direction: str | None = None,
-                 min_finished: int = 1):
+                 min_finished: int = 1, z_start: float | None = None):
         self.min_resource, self.z, self.check_ratio = max(1, min_resource), z, check_ratio
+        self.z_start = z if z_start is None else z_start
         self.metric, self.direction, self.min_finished = metric, direction, min_finished
         self.models = CurveModels(metric, max_resource)
         self._checks = [self.min_resource]  # check_ratio <= 1: every evaluation from min_resource on
@@ -113,9 +120,10 @@ class ExtrapolationPruner(optuna.pruners.BasePruner):
         _record(study, trial, step, prediction)
         maximize = self._maximize(study)
         incumbent = max(finals) if maximize else min(finals)
+        z = self.z_start + (self.z - self.z_start) * step / model.horizon
         if maximize:
-            return prediction.mean + self.z * prediction.std < incumbent
-        return prediction.mean - self.z * prediction.std > incumbent
+            return prediction.mean + z * prediction.std < incumbent
+        return prediction.mean - z * prediction.std > incumbent
 
     def _maximize(self, study: optuna.Study) -> bool:
         if self.direction is not None:

@@ -119,6 +119,7 @@ class Spec:
     z: float | None = None
     z0: float | None = None
     ratio: float | None = None
+    rand: float | None = None  # auto only: the share of uniformly random trials
     plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
 
     @property
@@ -136,6 +137,8 @@ class Spec:
             extra.append(f"z0={self.z0:g}")
         if self.ratio is not None:
             extra.append(f"ratio={self.ratio:g}")
+        if self.rand is not None:
+            extra.append(f"rand={self.rand:g}")
         if self.plain is not None:
             extra.append(f"plain={self.plain}")
         return self.strategy + (f"[{','.join(extra)}]" if extra else "")
@@ -148,7 +151,7 @@ class Spec:
         for item in filter(None, rest.rstrip("]").split(",")):
             key, _, value = item.partition("=")
             key = {"min": "min_r"}.get(key.strip(), key.strip())
-            fields[key] = float(value) if key in ("z", "z0", "ratio") else int(value)
+            fields[key] = float(value) if key in ("z", "z0", "ratio", "rand") else int(value)
         return cls(name.strip(), **fields)
 
 
@@ -195,6 +198,12 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
             z=shipped.z if spec.z is None else spec.z,
             check_ratio=shipped.check_ratio if spec.ratio is None else spec.ratio,
             z_start=spec.z0 if spec.z0 is not None else spec.z if spec.z is not None else shipped.z_start)
+    if spec.strategy == "auto" and spec.rand is not None:
+        from lmtune.strategies._lc_sampler import CurveSampler
+
+        curves = study.optuna.sampler
+        assert isinstance(curves, CurveSampler)
+        curves.random_fraction = spec.rand
     if spec.strategy == "auto" and spec.plain:
         study.optuna.sampler = study.optuna.sampler.inner  # type: ignore[attr-defined]
 

@@ -91,16 +91,17 @@ class CurveModel:
     """Predicts final values from partial curves, given the curves of trials that reached `horizon`.
 
     `references` maps each finished trial to its curve ``{step: value}``; curves are compared at equal steps.
-    The combined uncertainty is calibrated on the references themselves: each is predicted from its own partial
-    curve and a fit without it (leave-one-out), and the standard deviation is widened until 80 % of those
-    errors fall within 1.28 of it, as split-conformal prediction does. Learning-curve errors are heavy-tailed
-    and differ from step to step, so a fixed Gaussian width would prune too eagerly early on.
-    `own_cache` keeps the references' own power-law fits between models (they never change).
+    With `calibrate`, the combined uncertainty is calibrated on the references themselves: each is predicted
+    from its own partial curve and a fit without it (leave-one-out), and the standard deviation is widened
+    until 80 % of those errors fall within 1.28 of it, as split-conformal prediction does. It is off by
+    default: on B2 (BENCHMARKS.md) a wide fixed margin (`ExtrapolationPruner.z` = 6) did better than a
+    calibrated width with a small or growing margin. `own_cache` keeps the references' own power-law fits
+    between models (they never change).
     """
 
     def __init__(self, references: Sequence[Mapping[int, float]], horizon: int,
-                 own_cache: dict[tuple[int, float, float], Prediction] | None = None):
-        self.horizon = horizon
+                 own_cache: dict[tuple[int, float, float], Prediction] | None = None, calibrate: bool = False):
+        self.horizon, self.calibrate = horizon, calibrate
         self.references = [r for r in references if horizon in r]
         self._fits: dict[int, _CrossFit | None] = {}
         self._own_cache = own_cache if own_cache is not None else {}
@@ -130,7 +131,7 @@ class CurveModel:
             resid = data[:, 2] - x @ coef
             sigma = float(np.sqrt(np.sum(resid ** 2) / max(len(data) - 3, 1)))
             calibration = 1.0
-            if len(data) >= _MIN_CALIBRATION:
+            if self.calibrate and len(data) >= _MIN_CALIBRATION:
                 leverage = np.einsum("ij,jk,ik->i", x, inverse, x)
                 loo = data[:, 2] - resid / np.maximum(1.0 - leverage, 1e-3)  # leave-one-out predictions
                 loo_sd = sigma * np.sqrt(1.0 + leverage / np.maximum(1.0 - leverage, 1e-3))

@@ -45,8 +45,8 @@ def metric_curve(trial: FrozenTrial, metric: str | None) -> dict[int, float]:
 class CurveModels:
     """The `CurveModel` of a study's finished trials, rebuilt only when another trial has finished."""
 
-    def __init__(self, metric: str | None = None, max_resource: int | None = None):
-        self.metric, self.max_resource = metric, max_resource
+    def __init__(self, metric: str | None = None, max_resource: int | None = None, calibrate: bool = False):
+        self.metric, self.max_resource, self.calibrate = metric, max_resource, calibrate
         self.key: tuple[int, int] | None = None
         self._model: CurveModel | None = None
         self._finals: list[float] = []
@@ -60,8 +60,8 @@ class CurveModels:
             curves = [c for c in (metric_curve(t, self.metric) for t in complete) if c]
             horizon = self.max_resource or _common_end(curves)
             finals = [c[horizon] for c in curves if horizon is not None and horizon in c]
-            self._model = (CurveModel(curves, horizon, self._own_cache) if finals and horizon is not None
-                           else None)
+            self._model = (CurveModel(curves, horizon, self._own_cache, self.calibrate)
+                           if finals and horizon is not None else None)
             self._finals, self.key = finals, key
         return (self._model, self._finals) if self._model is not None else None
 
@@ -89,16 +89,16 @@ class ExtrapolationPruner(optuna.pruners.BasePruner):
 
     Example::
 
-        pruner = ExtrapolationPruner(min_resource=2, z=1.0)
+        pruner = ExtrapolationPruner(min_resource=2, z=6.0)  # the defaults, chosen on B2 (BENCHMARKS.md)
     """
 
-    def __init__(self, min_resource: int = 2, max_resource: int | None = None, z: float = 1.0,
+    def __init__(self, min_resource: int = 2, max_resource: int | None = None, z: float = 6.0,
                  check_ratio: float = 1.5, metric: str | None = None, direction: str | None = None,
-                 min_finished: int = 1, z_start: float | None = None):
+                 min_finished: int = 1, z_start: float | None = None, calibrate: bool = False):
         self.min_resource, self.z, self.check_ratio = max(1, min_resource), z, check_ratio
         self.z_start = z if z_start is None else z_start
         self.metric, self.direction, self.min_finished = metric, direction, min_finished
-        self.models = CurveModels(metric, max_resource)
+        self.models = CurveModels(metric, max_resource, calibrate)
         self._checks = [self.min_resource]  # check_ratio <= 1: every evaluation from min_resource on
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Container, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -46,13 +47,22 @@ class _PredictedView:
 class CurveSampler(optuna.samplers.BaseSampler):
     """Wraps `inner` (TPE in ``auto``) so that it models pruned trials at their predicted final values.
 
+    A `random_fraction` of the trials is drawn uniformly instead, as BOHB does (Falkner et al., ICML 2018, one
+    third): a model fed on extrapolations can lock onto a region, and random trials are cheap once pruning
+    stops the bad ones within a few evaluations.
+
     Example::
 
-        sampler = CurveSampler(optuna.samplers.TPESampler(seed=0))
+        sampler = CurveSampler(optuna.samplers.TPESampler(seed=0), random_fraction=0.2, seed=0)
     """
 
-    def __init__(self, inner: optuna.samplers.BaseSampler, max_resource: int | None = None):
+    def __init__(self, inner: optuna.samplers.BaseSampler, max_resource: int | None = None,
+                 random_fraction: float = 0.0, seed: int | None = None):
         self.inner = inner
+        self.random_fraction = random_fraction
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._rng = np.random.default_rng(seed)
+        self._uniform_trials: set[int] = set()
         self.models = CurveModels(None, max_resource)
         self._predicted: dict[int, FrozenTrial] = {}
         self._key: object = None
@@ -78,6 +88,8 @@ class CurveSampler(optuna.samplers.BaseSampler):
         return _PredictedView(study, self._predicted)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        if trial.number in self._uniform_trials:
+            return {}
         return self.inner.infer_relative_search_space(self._view(study), trial)  # type: ignore[arg-type]
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
@@ -86,10 +98,14 @@ class CurveSampler(optuna.samplers.BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        if trial.number in self._uniform_trials:
+            return self._random.sample_independent(study, trial, param_name, param_distribution)
         return self.inner.sample_independent(self._view(study), trial, param_name,  # type: ignore[arg-type]
                                              param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.random_fraction > 0 and self._rng.random() < self.random_fraction:
+            self._uniform_trials.add(trial.number)
         self.inner.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
@@ -97,4 +113,6 @@ class CurveSampler(optuna.samplers.BaseSampler):
         self.inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._random.reseed_rng()
         self.inner.reseed_rng()

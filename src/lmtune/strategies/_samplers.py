@@ -14,6 +14,7 @@ from lmtune.strategies._prior import PriorSampler
 
 STRATEGIES = ("grid", "random", "tpe", "gp")
 _ABSENT = object()
+AUTO_RANDOM_FRACTION = 0.0  # share of uniformly random trials in auto (B2, BENCHMARKS.md)
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -90,7 +91,7 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
         if strategy == "auto":
             tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
-            curves = CurveSampler(tpe, max_resource=max_resource)
+            curves = CurveSampler(tpe, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
             return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)

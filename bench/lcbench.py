@@ -21,6 +21,15 @@ runs there (it imports lmtune only for lmtune's strategies). The commands behind
     .venv/bin/python bench/lcbench.py --report-only --seeds 50 --per-task --sweep --sweep-seeds 20
     .venv/bin/python bench/lcbench.py --report-only --first-seed 20 --seeds 30   # seeds the sweep did not see
 
+Issue 13 (the new `auto`; `bohb` is the earlier auto), with the commands behind its BENCHMARKS.md section:
+
+    .venv/bin/python bench/lcbench.py --specs 'auto[z=3];auto[z=4];auto[z=6]' --seeds 20 \
+        --out runs/lcbench-dev-uncalibrated
+    .venv/bin/python bench/lcbench.py --main --specs auto --seeds 50 --out runs/lcbench-b2
+    .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --seeds 20 --out runs/lcbench-b2
+    .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --first-seed 20 --seeds 30 \
+        --per-task --out runs/lcbench-b2
+
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """
 
@@ -383,6 +392,22 @@ def task_table(records: list[dict[str, Any]], ref: dict[str, float], labels: lis
     return "\n".join(lines)
 
 
+def paired_table(records: list[dict[str, Any]], ref: dict[str, float], label: str, labels: list[str],
+                 instances: list[str], seeds: list[int], budget: float) -> str:
+    groups = group(records, [label, *labels], instances, seeds, budget)
+    points = [c for c in (10, 30) if c <= budget]
+    lines = ["| vs | pairs | " + " | ".join(f"Δ @{c} FTE" for c in points) + " |", "|" + "---|" * (2 + len(points))]
+    for other in labels:
+        if other == label or other not in groups or label not in groups:
+            continue
+        cells = []
+        for c in points:
+            delta, se = paired_delta(groups[label], groups[other], ref, c)
+            cells.append(f"{delta:+.2f} ± {se:.2f}")
+        lines.append(f"| {other} | {len(groups[label])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sweep_specs() -> list[Spec]:
     specs = [default_spec(s, rf=rf, min_r=m) for s in ("bohb", "asha") for rf in (2, 3, 4) for m in (1, 3, 9)]
     specs += [default_spec(s, startup=k) for s in ("tpe", "bohb") for k in (5, 10, 20)]
@@ -463,6 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--specs", default="",
                    help="';'-separated settings to run on the main seeds, as labels: 'auto[min=3,z=0.5];tpe'")
     p.add_argument("--per-task", action="store_true", help="also print mean regret per task at the full budget")
+    p.add_argument("--paired", default="",
+                   help="print the paired difference (same task and seed) of this setting's regret to each other "
+                        "setting's, at 10 and 30 FTE, e.g. --paired auto")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
     p.add_argument("--report-only", action="store_true", help="print the tables from --out without running")
@@ -502,6 +530,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"## Normalized regret (%) at budget checkpoints, mean / median over {len(instances)} tasks x "
           f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) ([k/n]: only k of n runs had an epoch-52 evaluation yet)\n")
     print(main_table(records, ref, labels, instances, seeds, args.budget))
+    if args.paired:
+        print(f"\n## Paired difference of {args.paired} to each setting (regret % points, mean ± s.e.; negative: "
+              f"{args.paired} is better), {len(seeds)} seeds\n")
+        print(paired_table(records, ref, args.paired, labels, instances, seeds, args.budget))
     if args.per_task:
         print(f"\n## Mean normalized regret (%) per task at {args.budget:g} FTE, {len(seeds)} seeds\n")
         print(task_table(records, ref, labels, instances, seeds, args.budget))

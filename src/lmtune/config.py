@@ -252,6 +252,11 @@ class PBTConfig(_Strict):
     checkpoint_dir: str | None = Field(None, description="default: <output_dir>/<study_name>/pbt")
 
 
+class WarmStartSource(_Strict):
+    study: str
+    storage: str | None = Field(None, description="another storage URL; None = this study's")
+
+
 class SearchConfig(_Strict):
     strategy: Literal["grid", "random", "tpe", "gp", "auto", "bohb", "asha", "hyperband", "pbt"] = "tpe"
     preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
@@ -261,6 +266,9 @@ class SearchConfig(_Strict):
     prune_on: Literal[METRICS] | None = Field(  # type: ignore[valid-type]
         None, description="prune on this metric's curve (e.g. eval_loss, smoother than exact_match) while the "
                           "objective is objective.metric; needs the extrapolate pruner (strategy auto)")
+    warm_start: list[str | WarmStartSource] = Field(
+        default_factory=list, description="past studies (names on this storage, or {study, storage}) whose "
+                                          "finished trials tpe/auto also model; they are not trials of this study")
     min_resource: int | None = Field(None, ge=1, description="pruning: optimizer steps before the first rung")
     reduction_factor: int = Field(3, ge=2, description="pruning: keep 1/reduction_factor of trials per rung")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -309,6 +317,8 @@ class SearchConfig(_Strict):
                                           ) != "extrapolate":
             raise ValueError("search.prune_on: only the extrapolate pruner watches another metric; use strategy "
                              "auto or pruner extrapolate, or remove prune_on")
+        if self.warm_start and self.strategy not in ("tpe", "auto"):
+            raise ValueError("search.warm_start: only strategies tpe and auto learn from past studies")
         if self.strategy == "pbt" and self.pruner not in (None, "none"):
             raise ValueError("search.pruner: population-based training replaces pruning; remove the pruner")
         if self.strategy == "grid":

@@ -11,7 +11,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from lmtune.results import BASELINE_ATTR, baseline_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage, strip_password, study_lock
 from lmtune.strategies import create_pruner, create_sampler, resolve
+from lmtune.strategies._warm_start import parse_sources
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # An enqueued trial may fix training arguments outside the search space (proxy transfer does).
@@ -169,7 +170,8 @@ class Study:
                  n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None,
                  pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
                  max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120,
-                 worker: int = 0, prune_on: str | None = None, prune_direction: str | None = None):
+                 worker: int = 0, prune_on: str | None = None, prune_direction: str | None = None,
+                 warm_start: Sequence[str | Mapping[str, str]] = ()):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
         self.metric, self.direction, self.strategy = metric, direction, strategy
@@ -189,7 +191,8 @@ class Study:
             if resumed:
                 seed = (seed * 1_000_003 + resumed) % 2**31
         sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource,
-                                 prior=self.space.clip_to_space(self.baseline) if self.baseline else None)
+                                 prior=self.space.clip_to_space(self.baseline) if self.baseline else None,
+                                 warm_start=parse_sources(warm_start))
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
@@ -334,6 +337,7 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
         else default_startup_trials(search.n_trials),
         baseline=cfg.train.model_dump() if search.baseline else None,
         pruner=search.pruner, min_resource=search.min_resource, reduction_factor=search.reduction_factor,
+        warm_start=[w if isinstance(w, str) else w.model_dump() for w in search.warm_start],
         prune_on=search.prune_on, prune_direction=None if search.prune_on is None
         else "maximize" if search.prune_on in METRICS_TO_MAXIMIZE else "minimize",
     )

@@ -11,6 +11,7 @@ from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
 from lmtune.strategies._prior import PriorSampler
+from lmtune.strategies._warm_start import Source, WarmStartSampler
 
 STRATEGIES = ("grid", "random", "tpe", "gp")
 _ABSENT = object()
@@ -58,7 +59,8 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
                    n_startup_trials: int | None = None, max_resource: int | None = None,
-                   prior: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+                   prior: Mapping[str, Any] | None = None, warm_start: Sequence[Source] = ()
+                   ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for `strategy`.
 
     - ``grid``: :class:`optuna.samplers.GridSampler` over every categorical choice, declared ``values`` and
@@ -73,6 +75,9 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
       `prior` (the baseline's parameters), some proposals come from around it and around the incumbent
       (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the baseline's region disappoints.
 
+    With `warm_start` sources, ``tpe`` and ``auto`` also model the finished trials of those past studies
+    (`WarmStartSampler`), which stay in their own studies.
+
     Example::
 
         sampler = create_sampler("tpe", SearchSpace({"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}))
@@ -82,15 +87,20 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         if not grid:
             raise ConfigError("search.strategy is grid but search.space has no dimension to vary")
         return _GridSampler(grid, seed=seed)
+    if warm_start and strategy not in ("tpe", "auto"):
+        raise ConfigError(f"search.warm_start needs strategy tpe or auto, not {strategy!r}")
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = 5 if n_startup_trials is None else n_startup_trials  # B2 LCBench sweep, BENCHMARKS.md
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tpe: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        if warm_start and strategy in ("tpe", "auto"):
+            tpe = WarmStartSampler(tpe, warm_start)
         if strategy == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+            return tpe
         if strategy == "auto":
-            tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
             curves = CurveSampler(tpe, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
             return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":

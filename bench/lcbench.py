@@ -130,6 +130,8 @@ class Spec:
     ratio: float | None = None
     rand: float | None = None  # auto only: the share of uniformly random trials
     plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
+    warm: int | None = None  # 1 = warm-start from one study per other development task (leave-one-task-out)
+    prior: int | None = None  # baseline (trial 0 and the prior): 1 = good, 2 = bad (see `prior_config`)
 
     @property
     def label(self) -> str:
@@ -150,6 +152,10 @@ class Spec:
             extra.append(f"rand={self.rand:g}")
         if self.plain is not None:
             extra.append(f"plain={self.plain}")
+        if self.warm is not None:
+            extra.append(f"warm={self.warm}")
+        if self.prior is not None:
+            extra.append(f"prior={self.prior}")
         return self.strategy + (f"[{','.join(extra)}]" if extra else "")
 
     @classmethod
@@ -195,6 +201,11 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         kwargs["n_startup_trials"] = spec.startup
     if spec.strategy == "auto" and spec.min_r is not None:
         kwargs["min_resource"] = spec.min_r
+    if spec.prior:
+        kwargs["baseline"] = prior_config(instance, good=spec.prior == 1)
+    if spec.warm:
+        url = os.environ[WARM_ENV]
+        kwargs["warm_start"] = [{"study": f"src-{t}", "storage": url} for t in DEV_INSTANCES if t != instance]
     study = lmtune.Study(f"lcbench-{instance}-{spec.label}-{seed}", "memory://", space=SPACE,
                          strategy=spec.strategy, metric="val_accuracy", direction="maximize", seed=seed, **kwargs)
     if spec.strategy == "auto" and (spec.z is not None or spec.ratio is not None or spec.z0 is not None):
@@ -237,6 +248,60 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         if epochs == MAX_EPOCH:
             events.append([spent, float(t.user_attrs["metrics"]["val_accuracy"])])
     return {"events": events, "epochs": spent, "trials": len(study.trials), "states": states, "seconds": elapsed}
+
+
+def prior_config(instance: str, good: bool) -> dict[str, Any]:
+    """A user's baseline for the prior experiment: good = the best epoch-52 configuration of this task's source
+    study (an earlier tuning run of the same task, seed WARM_SEED); bad = the worst at epoch 52 of 200 random
+    configurations (numpy seed WARM_SEED)."""
+    import optuna
+
+    if good:
+        study = optuna.load_study(study_name=f"src-{instance}", storage=os.environ[WARM_ENV])
+        return dict(study.best_trial.params)
+    rng = np.random.default_rng(WARM_SEED)
+    surrogate = Surrogate()
+    worst: tuple[float, dict[str, Any]] | None = None
+    for _ in range(200):
+        params: dict[str, Any] = {}
+        for name, d in SPACE.items():
+            lo, hi = float(d["low"]), float(d["high"])
+            x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if d.get("log") else rng.uniform(lo, hi)
+            params[name] = int(round(x)) if isinstance(d["low"], int) else float(x)
+        final = float(surrogate.curve(instance, params)[0][-1])
+        if worst is None or final < worst[0]:
+            worst = (final, params)
+    assert worst is not None
+    return worst[1]
+
+
+WARM_ENV = "LCBENCH_WARM_DB"
+WARM_SEED = 1000  # the source studies' search seed, apart from every benchmark seed
+
+
+def make_warm_sources(out: Path) -> str:
+    """One shipped-`auto` study of 30 FTE per development task (seed WARM_SEED) in a SQLite file: the past
+    studies that leave-one-task-out warm-starting reads (every other task's study, never the task's own)."""
+    import lmtune
+
+    url = f"sqlite:///{(out / 'warm-sources.db').resolve()}"
+    for instance in DEV_INSTANCES:
+        surrogate = _surrogate()
+        study = lmtune.Study(f"src-{instance}", url, space=SPACE, strategy="auto", metric="val_accuracy",
+                             direction="maximize", seed=WARM_SEED, max_resource=MAX_EPOCH)
+
+        def objective(ctx: lmtune.TrialContext, instance: str = instance,
+                      surrogate: Surrogate = surrogate) -> dict[str, float]:
+            acc, _ = surrogate.curve(instance, ctx.params)
+            epoch = 0
+            for epoch in range(1, MAX_EPOCH + 1):
+                if ctx.report(epoch, {"val_accuracy": acc[epoch - 1]}):
+                    break
+            ctx.set("cost", {"fte": epoch / MAX_EPOCH})
+            return {"val_accuracy": float(acc[epoch - 1])}
+
+        study.optimize(objective, budget_fte=30)  # resumed: nothing runs once the budget is spent
+    return url
 
 
 def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
@@ -494,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
     p.add_argument("--report-only", action="store_true", help="print the tables from --out without running")
+    p.add_argument("--warm-sources", action="store_true",
+                   help="make (or reuse) --out/warm-sources.db, the past studies that settings with warm=1 read")
     args = p.parse_args(argv)
 
     instances = [i.strip() for i in args.instances.split(",") if i.strip()]
@@ -507,6 +574,9 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     extra_specs = [Spec.parse(x) for x in args.specs.split(";") if x.strip()]
     sweep_seeds = list(range(args.sweep_seeds))
+    if args.warm_sources and not args.report_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        os.environ[WARM_ENV] = make_warm_sources(args.out)
     if not args.report_only:
         if args.sweep:
             tasks = [(s, i, seed, args.budget) for s in sweep_specs() if s.strategy in strategies

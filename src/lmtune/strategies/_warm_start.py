@@ -2,7 +2,9 @@
 
 Earlier studies of the same model family and metric say where good configurations lie. Like transfer TPE
 (Watanabe et al., IJCAI 2023) in its simplest form, the inner sampler sees the past trials (matched by parameter
-name, kept only where their values lie in this study's space) as extra observations; they are never written to
+name, kept only where their values lie in this study's space) as extra observations. Each study's values are
+replaced by their quantile within that study (this one's too, in the sampler's view only), so a task where
+every score is high does not crowd out the others; TPE needs only the order. They are never written to
 this study's storage, so they count neither as its trials nor against its budget, and the source studies,
 which may live on another storage URL, are only read.
 """
@@ -28,10 +30,10 @@ def parse_sources(sources: Sequence[str | Mapping[str, str]]) -> list[Source]:
     return [(None, s) if isinstance(s, str) else (s.get("storage"), s["study"]) for s in sources]
 
 
-def load_trials(sources: Sequence[Source], own: optuna.storages.BaseStorage | None) -> list[FrozenTrial]:
-    """The finished trials of the source studies, read once (nothing is written to them; a SQLite file that
+def load_trials(sources: Sequence[Source], own: optuna.storages.BaseStorage | None) -> list[list[FrozenTrial]]:
+    """The finished trials of each source study, read once (nothing is written to them; a SQLite file that
     does not exist is an error, not a new empty database)."""
-    trials: list[FrozenTrial] = []
+    trials: list[list[FrozenTrial]] = []
     for url, name in sources:
         storage = open_storage(url, create=False) if url is not None else own
         assert storage is not None
@@ -40,7 +42,7 @@ def load_trials(sources: Sequence[Source], own: optuna.storages.BaseStorage | No
         except KeyError:
             where = "this study's storage" if url is None else mask_url(url)
             raise ConfigError(f"search.warm_start: no study {name!r} in {where}") from None
-        trials += storage.get_all_trials(study_id, deepcopy=True, states=(TrialState.COMPLETE,))
+        trials.append(storage.get_all_trials(study_id, deepcopy=True, states=(TrialState.COMPLETE,)))
     return trials
 
 
@@ -64,9 +66,10 @@ class _WarmView:
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
-        own = self._study._get_trials(deepcopy=False, states=states, use_cache=use_cache)
+        own = _as_quantiles(self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache))
+        own = [t for t in own if states is None or t.state in states]
         past = [t for t in self._past if states is None or t.state in states]
-        trials = past + list(own)
+        trials = past + own
         return copy.deepcopy(trials) if deepcopy else trials
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -88,7 +91,7 @@ class WarmStartSampler(optuna.samplers.BaseSampler):
         self.inner, self.sources = inner, list(sources)
         # Sources on other storages are read now, so a wrong URL or name stops the run before any trial.
         self._elsewhere = load_trials([s for s in self.sources if s[0] is not None], own=None)  # type: ignore[arg-type]
-        self._loaded: list[FrozenTrial] | None = None
+        self._loaded: list[list[FrozenTrial]] | None = None
         self._past: list[FrozenTrial] = []
         self._space_key: tuple[str, ...] | None = None
 
@@ -126,15 +129,30 @@ class WarmStartSampler(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
-def _transfer(trials: list[FrozenTrial], space: Mapping[str, BaseDistribution]) -> list[FrozenTrial]:
+def _as_quantiles(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials with each COMPLETE one's value replaced by its quantile (0 lowest, 1 highest) among them."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    order = sorted(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+    q = {t.number: (i / (len(order) - 1) if len(order) > 1 else 0.5) for i, t in enumerate(order)}
     out = []
-    for i, t in enumerate(trials):
-        params = {n: v for n, v in t.params.items() if n in space and _contains(space[n], v)}
-        if not params or t.value is None:
-            continue
-        out.append(optuna.trial.FrozenTrial(
-            number=-1 - i, state=TrialState.COMPLETE, value=t.value, datetime_start=t.datetime_start,
-            datetime_complete=t.datetime_complete, params=params,
-            distributions={n: space[n] for n in params}, user_attrs={}, system_attrs={}, intermediate_values={},
-            trial_id=-1 - i))
+    for t in trials:
+        if t.number in q:
+            t = copy.copy(t)
+            t._values = [q[t.number]]
+        out.append(t)
+    return out
+
+
+def _transfer(sources: list[list[FrozenTrial]], space: Mapping[str, BaseDistribution]) -> list[FrozenTrial]:
+    out: list[FrozenTrial] = []
+    for trials in sources:
+        for t in _as_quantiles(trials):
+            params = {n: v for n, v in t.params.items() if n in space and _contains(space[n], v)}
+            if not params or t.value is None:
+                continue
+            number = -1 - len(out)
+            out.append(optuna.trial.FrozenTrial(
+                number=number, state=TrialState.COMPLETE, value=t.value, datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete, params=params, distributions={n: space[n] for n in params},
+                user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=number))
     return out

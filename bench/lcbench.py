@@ -21,6 +21,15 @@ runs there (it imports lmtune only for lmtune's strategies). The commands behind
     .venv/bin/python bench/lcbench.py --report-only --seeds 50 --per-task --sweep --sweep-seeds 20
     .venv/bin/python bench/lcbench.py --report-only --first-seed 20 --seeds 30   # seeds the sweep did not see
 
+Issue 13 (the new `auto`; `bohb` is the earlier auto), with the commands behind its BENCHMARKS.md section:
+
+    .venv/bin/python bench/lcbench.py --specs 'auto[z=3];auto[z=4];auto[z=6]' --seeds 20 \
+        --out runs/lcbench-dev-uncalibrated
+    .venv/bin/python bench/lcbench.py --main --specs auto --seeds 50 --out runs/lcbench-b2
+    .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --seeds 20 --out runs/lcbench-b2
+    .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --first-seed 20 --seeds 30 \
+        --per-task --out runs/lcbench-b2
+
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """
 
@@ -60,8 +69,8 @@ SPACE: dict[str, dict[str, Any]] = {
     "max_units": {"low": 64, "high": 1024, "log": True},
     "max_dropout": {"low": 0.0, "high": 1.0},
 }
-MULTI_FIDELITY = ("auto", "asha", "hyperband")
-MODEL_BASED = ("tpe", "auto")
+MULTI_FIDELITY = ("bohb", "asha", "hyperband")
+MODEL_BASED = ("tpe", "bohb")
 
 
 # ------------------------------------------------------------------------------------------------ surrogate
@@ -105,21 +114,60 @@ def reference_optima(data: Path = DATA) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass(frozen=True)
 class Spec:
-    """One strategy setting. rf/min_r only for multi-fidelity strategies, startup only for TPE-based ones."""
+    """One strategy setting. rf/min_r only for multi-fidelity strategies, startup only for TPE-based ones.
+
+    `auto` (lmtune's default) runs with its shipped settings when min_r, startup, z and ratio are None; a
+    value set there replaces that setting of its pruner (`ExtrapolationPruner`: min_resource, z, check_ratio)
+    or its TPE (startup), which is how its defaults were tuned.
+    """
 
     strategy: str
     rf: int | None = None
     min_r: int | None = None
     startup: int | None = None
+    z: float | None = None
+    z0: float | None = None
+    ratio: float | None = None
+    rand: float | None = None  # auto only: the share of uniformly random trials
+    plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
+    warm: int | None = None  # 1 = warm-start from one study per other development task (leave-one-task-out)
+    prior: int | None = None  # baseline (trial 0 and the prior): 1 = good, 2 = bad (see `prior_config`)
 
     @property
     def label(self) -> str:
         extra = []
         if self.rf is not None:
             extra += [f"rf={self.rf}", f"min={self.min_r}"]
+        elif self.min_r is not None:
+            extra.append(f"min={self.min_r}")
         if self.startup is not None:
             extra.append(f"startup={self.startup}")
+        if self.z is not None:
+            extra.append(f"z={self.z:g}")
+        if self.z0 is not None:
+            extra.append(f"z0={self.z0:g}")
+        if self.ratio is not None:
+            extra.append(f"ratio={self.ratio:g}")
+        if self.rand is not None:
+            extra.append(f"rand={self.rand:g}")
+        if self.plain is not None:
+            extra.append(f"plain={self.plain}")
+        if self.warm is not None:
+            extra.append(f"warm={self.warm}")
+        if self.prior is not None:
+            extra.append(f"prior={self.prior}")
         return self.strategy + (f"[{','.join(extra)}]" if extra else "")
+
+    @classmethod
+    def parse(cls, label: str) -> Spec:
+        """The Spec of a label such as ``auto[min=3,z=0.5]`` (the inverse of `label`)."""
+        name, _, rest = label.partition("[")
+        fields: dict[str, Any] = {}
+        for item in filter(None, rest.rstrip("]").split(",")):
+            key, _, value = item.partition("=")
+            key = {"min": "min_r"}.get(key.strip(), key.strip())
+            fields[key] = float(value) if key in ("z", "z0", "ratio", "rand") else int(value)
+        return cls(name.strip(), **fields)
 
 
 def default_spec(strategy: str, rf: int = 3, min_r: int = 1, startup: int = 10) -> Spec:
@@ -151,8 +199,33 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         kwargs.update(reduction_factor=spec.rf, min_resource=spec.min_r)
     if spec.startup is not None:
         kwargs["n_startup_trials"] = spec.startup
+    if spec.strategy == "auto" and spec.min_r is not None:
+        kwargs["min_resource"] = spec.min_r
+    if spec.prior:
+        kwargs["baseline"] = prior_config(instance, good=spec.prior == 1)
+    if spec.warm:
+        url = os.environ[WARM_ENV]
+        kwargs["warm_start"] = [{"study": f"src-{t}", "storage": url} for t in DEV_INSTANCES if t != instance]
     study = lmtune.Study(f"lcbench-{instance}-{spec.label}-{seed}", "memory://", space=SPACE,
                          strategy=spec.strategy, metric="val_accuracy", direction="maximize", seed=seed, **kwargs)
+    if spec.strategy == "auto" and (spec.z is not None or spec.ratio is not None or spec.z0 is not None):
+        from lmtune.strategies._lc_pruner import ExtrapolationPruner
+
+        shipped = study.optuna.pruner
+        assert isinstance(shipped, ExtrapolationPruner)
+        study.optuna.pruner = ExtrapolationPruner(
+            min_resource=shipped.min_resource, max_resource=MAX_EPOCH,
+            z=shipped.z if spec.z is None else spec.z,
+            check_ratio=shipped.check_ratio if spec.ratio is None else spec.ratio,
+            z_start=spec.z0 if spec.z0 is not None else spec.z if spec.z is not None else shipped.z_start)
+    if spec.strategy == "auto" and spec.rand is not None:
+        from lmtune.strategies._lc_sampler import CurveSampler
+
+        curves = study.optuna.sampler
+        assert isinstance(curves, CurveSampler)
+        curves.random_fraction = spec.rand
+    if spec.strategy == "auto" and spec.plain:
+        study.optuna.sampler = study.optuna.sampler.inner  # type: ignore[attr-defined]
 
     def objective(ctx: lmtune.TrialContext) -> dict[str, float]:
         acc, seconds = surrogate.curve(instance, ctx.params)
@@ -175,6 +248,60 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         if epochs == MAX_EPOCH:
             events.append([spent, float(t.user_attrs["metrics"]["val_accuracy"])])
     return {"events": events, "epochs": spent, "trials": len(study.trials), "states": states, "seconds": elapsed}
+
+
+def prior_config(instance: str, good: bool) -> dict[str, Any]:
+    """A user's baseline for the prior experiment: good = the best epoch-52 configuration of this task's source
+    study (an earlier tuning run of the same task, seed WARM_SEED); bad = the worst at epoch 52 of 200 random
+    configurations (numpy seed WARM_SEED)."""
+    import optuna
+
+    if good:
+        study = optuna.load_study(study_name=f"src-{instance}", storage=os.environ[WARM_ENV])
+        return dict(study.best_trial.params)
+    rng = np.random.default_rng(WARM_SEED)
+    surrogate = Surrogate()
+    worst: tuple[float, dict[str, Any]] | None = None
+    for _ in range(200):
+        params: dict[str, Any] = {}
+        for name, d in SPACE.items():
+            lo, hi = float(d["low"]), float(d["high"])
+            x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if d.get("log") else rng.uniform(lo, hi)
+            params[name] = int(round(x)) if isinstance(d["low"], int) else float(x)
+        final = float(surrogate.curve(instance, params)[0][-1])
+        if worst is None or final < worst[0]:
+            worst = (final, params)
+    assert worst is not None
+    return worst[1]
+
+
+WARM_ENV = "LCBENCH_WARM_DB"
+WARM_SEED = 1000  # the source studies' search seed, apart from every benchmark seed
+
+
+def make_warm_sources(out: Path) -> str:
+    """One shipped-`auto` study of 30 FTE per development task (seed WARM_SEED) in a SQLite file: the past
+    studies that leave-one-task-out warm-starting reads (every other task's study, never the task's own)."""
+    import lmtune
+
+    url = f"sqlite:///{(out / 'warm-sources.db').resolve()}"
+    for instance in DEV_INSTANCES:
+        surrogate = _surrogate()
+        study = lmtune.Study(f"src-{instance}", url, space=SPACE, strategy="auto", metric="val_accuracy",
+                             direction="maximize", seed=WARM_SEED, max_resource=MAX_EPOCH)
+
+        def objective(ctx: lmtune.TrialContext, instance: str = instance,
+                      surrogate: Surrogate = surrogate) -> dict[str, float]:
+            acc, _ = surrogate.curve(instance, ctx.params)
+            epoch = 0
+            for epoch in range(1, MAX_EPOCH + 1):
+                if ctx.report(epoch, {"val_accuracy": acc[epoch - 1]}):
+                    break
+            ctx.set("cost", {"fte": epoch / MAX_EPOCH})
+            return {"val_accuracy": float(acc[epoch - 1])}
+
+        study.optimize(objective, budget_fte=30)  # resumed: nothing runs once the budget is spent
+    return url
 
 
 def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
@@ -233,7 +360,8 @@ def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -
     results = pool.imap_unordered(run_one, todo) if pool else map(run_one, todo)
     try:
         for i, rec in enumerate(results, 1):
-            name = rec["spec"]["strategy"] + ("-sweep" if rec["label"] not in DEFAULT_LABELS else "")
+            name = rec["spec"]["strategy"] + ("" if rec["label"] in DEFAULT_LABELS else
+                                              "-main" if rec["label"] in MAIN_LABELS else "-sweep")
             with open(out / f"{name}.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if i % 20 == 0 or i == len(todo):
@@ -245,9 +373,14 @@ def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -
 
 
 # Chosen from the sweep (seeds 0..19) and checked with --recommended on all main seeds (see BENCHMARKS.md).
-RECOMMENDED = (Spec("tpe", startup=5), Spec("auto", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
+RECOMMENDED = (Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
                Spec("hyperband", rf=3, min_r=9))
-DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "auto", "asha", "hyperband", "dehb")}
+DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb", "auto")}
+# Issue 13's comparison: the earlier strategies at their best B2 settings (bohb = the earlier auto, with its
+# shipped min_resource 1 and the sweep's 9). The new `auto` runs beside them with `--specs auto`.
+MAIN = (Spec("random"), Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5),
+        Spec("bohb", rf=3, min_r=1, startup=5), Spec("asha", rf=3, min_r=3))
+MAIN_LABELS = {s.label for s in MAIN}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -324,9 +457,25 @@ def task_table(records: list[dict[str, Any]], ref: dict[str, float], labels: lis
     return "\n".join(lines)
 
 
+def paired_table(records: list[dict[str, Any]], ref: dict[str, float], label: str, labels: list[str],
+                 instances: list[str], seeds: list[int], budget: float) -> str:
+    groups = group(records, [label, *labels], instances, seeds, budget)
+    points = [c for c in (10, 30) if c <= budget]
+    lines = ["| vs | pairs | " + " | ".join(f"Δ @{c} FTE" for c in points) + " |", "|" + "---|" * (2 + len(points))]
+    for other in labels:
+        if other == label or other not in groups or label not in groups:
+            continue
+        cells = []
+        for c in points:
+            delta, se = paired_delta(groups[label], groups[other], ref, c)
+            cells.append(f"{delta:+.2f} ± {se:.2f}")
+        lines.append(f"| {other} | {len(groups[label])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sweep_specs() -> list[Spec]:
-    specs = [default_spec(s, rf=rf, min_r=m) for s in ("auto", "asha") for rf in (2, 3, 4) for m in (1, 3, 9)]
-    specs += [default_spec(s, startup=k) for s in ("tpe", "auto") for k in (5, 10, 20)]
+    specs = [default_spec(s, rf=rf, min_r=m) for s in ("bohb", "asha") for rf in (2, 3, 4) for m in (1, 3, 9)]
+    specs += [default_spec(s, startup=k) for s in ("tpe", "bohb") for k in (5, 10, 20)]
     return list(dict.fromkeys(specs))
 
 
@@ -398,10 +547,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recommended", action="store_true",
                    help="also run the settings chosen from the sweep (RECOMMENDED) on the main seeds")
     p.add_argument("--sweep-seeds", type=int, default=5, help="seeds 0..N-1 per setting in the sweep")
+    p.add_argument("--main", action="store_true",
+                   help="run issue 13's baselines (MAIN: random, tpe, bohb, asha at their best earlier settings) "
+                        "on the main seeds instead of --strategies; add --specs auto for the new auto")
+    p.add_argument("--specs", default="",
+                   help="';'-separated settings to run on the main seeds, as labels: 'auto[min=3,z=0.5];tpe'")
     p.add_argument("--per-task", action="store_true", help="also print mean regret per task at the full budget")
+    p.add_argument("--paired", default="",
+                   help="print the paired difference (same task and seed) of this setting's regret to each other "
+                        "setting's, at 10 and 30 FTE, e.g. --paired auto")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
     p.add_argument("--report-only", action="store_true", help="print the tables from --out without running")
+    p.add_argument("--warm-sources", action="store_true",
+                   help="make (or reuse) --out/warm-sources.db, the past studies that settings with warm=1 read")
     args = p.parse_args(argv)
 
     instances = [i.strip() for i in args.instances.split(",") if i.strip()]
@@ -413,13 +572,21 @@ def main(argv: list[str] | None = None) -> None:
             print("dehb is not installed in this interpreter; skipping it (see the module docstring)", file=sys.stderr)
             strategies.remove("dehb")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    extra_specs = [Spec.parse(x) for x in args.specs.split(";") if x.strip()]
     sweep_seeds = list(range(args.sweep_seeds))
+    if args.warm_sources and not args.report_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        os.environ[WARM_ENV] = make_warm_sources(args.out)
     if not args.report_only:
         if args.sweep:
             tasks = [(s, i, seed, args.budget) for s in sweep_specs() if s.strategy in strategies
                      for i in instances for seed in sweep_seeds]
+        elif args.main or args.specs:
+            tasks = []
         else:
             tasks = [(default_spec(s), i, seed, args.budget) for s in strategies for i in instances for seed in seeds]
+        chosen = (list(MAIN) if args.main else []) + extra_specs
+        tasks += [(s, i, seed, args.budget) for s in chosen for i in instances for seed in seeds]
         if args.recommended:
             tasks += [(s, i, seed, args.budget) for s in RECOMMENDED if s.strategy in strategies
                       for i in instances for seed in seeds]
@@ -427,11 +594,16 @@ def main(argv: list[str] | None = None) -> None:
 
     records = load_records(args.out)
     ref = references(records)
-    labels = [default_spec(s).label for s in ("random", "tpe", "auto", "asha", "hyperband", "dehb")]
-    labels += [s.label for s in RECOMMENDED]
+    labels = [default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb")]
+    labels += [s.label for s in (*RECOMMENDED, *MAIN, Spec("auto"), *extra_specs)]
+    labels = list(dict.fromkeys(labels))
     print(f"## Normalized regret (%) at budget checkpoints, mean / median over {len(instances)} tasks x "
           f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) ([k/n]: only k of n runs had an epoch-52 evaluation yet)\n")
     print(main_table(records, ref, labels, instances, seeds, args.budget))
+    if args.paired:
+        print(f"\n## Paired difference of {args.paired} to each setting (regret % points, mean ± s.e.; negative: "
+              f"{args.paired} is better), {len(seeds)} seeds\n")
+        print(paired_table(records, ref, args.paired, labels, instances, seeds, args.budget))
     if args.per_task:
         print(f"\n## Mean normalized regret (%) per task at {args.budget:g} FTE, {len(seeds)} seeds\n")
         print(task_table(records, ref, labels, instances, seeds, args.budget))

@@ -48,7 +48,7 @@ def test_shorthand_parameter_forms():
     ({"search": {"space": {"optim": ["adamw"], "momentum": {"low": 0.8, "high": 0.9, "condition": {"optim": "sgd"}}}}},
      ["can never happen"]),
     ({"search": {"strategy": "grid", "space": {"warmup_ratio": {"low": 0.0, "high": 0.2}}}}, ["grid search needs"]),
-    ({"search": {"strategy": "bohb"}}, ["search.strategy"]),
+    ({"search": {"strategy": "bohbx"}}, ["search.strategy"]),
     ({"objective": {"metric": "accuracy"}}, ["unknown metric 'accuracy'"]),
     ({"storage": "lmtune.db"}, ["not a database URL"]),
     ({"data": {"prompt_template": "no placeholder"}}, ["{prompt}"]),

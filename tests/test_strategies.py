@@ -18,10 +18,11 @@ from lmtune.study import open_tuning_study
 
 
 def test_combined_strategies():
-    assert resolve("auto", None) == ("tpe", "hyperband")
+    assert resolve("auto", None) == ("auto", "extrapolate")
+    assert resolve("bohb", None) == ("tpe", "hyperband")
     assert resolve("asha", None) == ("random", "asha")
     assert resolve("tpe", "median") == ("tpe", "median")
-    assert resolve("auto", "none") == ("tpe", "none")
+    assert resolve("auto", "none") == ("auto", "none")
 
 
 def test_asha_prunes_real_trials_and_pruned_trials_cost_less(tmp_path):

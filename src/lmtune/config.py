@@ -24,12 +24,14 @@ from lmtune.train.metrics import METRICS, metrics_on_test
 _M = TypeVar("_M", bound=BaseModel)
 # The names a config may give; `lmtune.strategies` maps each to its Optuna sampler and pruner.
 SamplerName = Literal["grid", "random", "tpe", "gp"]
-PrunerName = Literal["none", "asha", "hyperband", "median"]
-CombinedName = Literal["auto", "asha", "hyperband", "pbt"]  # a sampler with a pruner, or PBT
+PrunerName = Literal["none", "asha", "hyperband", "median", "extrapolate"]
+CombinedName = Literal["auto", "bohb", "asha", "hyperband", "pbt"]  # a sampler with a pruner, or PBT
 StrategyName = Literal[SamplerName, CombinedName]
-# What each combined strategy means: (sampler, pruner).
-COMBINED: dict[str, tuple[str, str]] = {"auto": ("tpe", "hyperband"), "asha": ("random", "asha"),
-                                        "hyperband": ("random", "hyperband"), "pbt": ("random", "none")}
+# What each combined strategy means: (sampler, pruner). ``auto`` is TPE on predicted final values with pruning
+# by learning-curve extrapolation (B2 in BENCHMARKS.md); ``bohb`` is the previous ``auto``, TPE + Hyperband.
+COMBINED: dict[str, tuple[str, str]] = {"auto": ("auto", "extrapolate"), "bohb": ("tpe", "hyperband"),
+                                        "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
+                                        "pbt": ("random", "none")}
 # A study name is also a folder (<output_dir>/<study_name>): no path separators, no leading dot.
 _STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}")
 
@@ -314,11 +316,23 @@ class PBTConfig(_Strict):
     checkpoint_dir: str | None = Field(None, description="default: <output_dir>/<study_name>/pbt")
 
 
+class WarmStartSource(_Strict):
+    study: str
+    storage: str | None = Field(None, description="another storage URL; None = this study's")
+
+
 class SearchConfig(_Strict):
     strategy: StrategyName = "tpe"
     preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
     pruner: PrunerName | None = Field(
-        None, description="None = the strategy's own (auto: hyperband, asha: asha, hyperband: hyperband)")
+        None, description="None = the strategy's own (auto: extrapolate, bohb: hyperband, asha: asha, "
+                          "hyperband: hyperband)")
+    prune_on: str | None = Field(
+        None, description="prune on this metric's curve (e.g. eval_loss, smoother than exact_match) while the "
+                          "objective is objective.metric; needs the extrapolate pruner (strategy auto)")
+    warm_start: list[str | WarmStartSource] = Field(
+        default_factory=list, description="past studies (names on this storage, or {study, storage}) whose "
+                                          "finished trials tpe/auto also model; they are not trials of this study")
     min_resource: int | None = Field(None, ge=1, description="pruning: optimizer steps before the first rung")
     reduction_factor: int = Field(3, ge=2, description="pruning: keep 1/reduction_factor of trials per rung")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -333,6 +347,11 @@ class SearchConfig(_Strict):
     n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
     oom_retries: int = Field(2, ge=0, description="retries of an out-of-memory trial, each with half the "
                              "micro-batch and twice the gradient accumulation")
+
+    @field_validator("prune_on")
+    @classmethod
+    def _known_prune_metric(cls, v: str | None) -> str | None:
+        return v if v is None else _known_metric(v)
 
     @model_validator(mode="after")
     def _space(self) -> SearchConfig:
@@ -365,6 +384,11 @@ class SearchConfig(_Strict):
                         f"{parent} takes {allowed}"
                     )
         _check_acyclic(self.space)
+        if self.prune_on is not None and resolve(self.strategy, self.pruner)[1] != "extrapolate":
+            raise ValueError("search.prune_on: only the extrapolate pruner watches another metric; use strategy "
+                             "auto or pruner extrapolate, or remove prune_on")
+        if self.warm_start and self.strategy not in ("tpe", "auto"):
+            raise ValueError("search.warm_start: only strategies tpe and auto learn from past studies")
         if self.strategy == "pbt" and self.pruner not in (None, "none"):
             raise ValueError("search.pruner: population-based training replaces pruning; remove the pruner")
         if self.strategy == "grid":

@@ -12,7 +12,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from lmtune.results import baseline_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage, strip_password, study_lock
 from lmtune.strategies import create_pruner, create_sampler, resolve
+from lmtune.strategies._warm_start import parse_sources
+from lmtune.train.metrics import METRICS
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -170,14 +172,16 @@ class Study:
                  n_startup_trials: int | None = None, baseline: Mapping[str, Any] | None = None,
                  pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
                  max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120,
-                 worker: int = 0):
+                 worker: int = 0, prune_on: str | None = None, prune_direction: str | None = None,
+                 warm_start: Sequence[str | Mapping[str, str]] = ()):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
         self.metric, self.direction, self.strategy = metric, direction, strategy
         self.baseline = dict(baseline) if baseline is not None else None
         self.storage_url = storage
         sampler_name, self.pruner = resolve(strategy, pruner)
-        pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource)
+        pruner_obj = create_pruner(self.pruner, min_resource, reduction_factor, max_resource, prune_on,
+                                   prune_direction)
         storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage_obj)}
         resumed = existing[study_name].n_trials if study_name in existing else 0
@@ -188,7 +192,9 @@ class Study:
             seed += worker
             if resumed:
                 seed = (seed * 1_000_003 + resumed) % 2**31
-        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials)
+        sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource,
+                                 prior=self.space.clip_to_space(self.baseline) if self.baseline else None,
+                                 warm_start=parse_sources(warm_start))
         if study_name in existing and existing[study_name].direction.name.lower() != direction:
             raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
                               f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
@@ -360,6 +366,9 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
         else default_startup_trials(sc.n_trials),
         baseline=cfg.train.model_dump() if sc.baseline else None,
         pruner=sc.pruner, min_resource=sc.min_resource, reduction_factor=sc.reduction_factor,
+        warm_start=[w if isinstance(w, str) else w.model_dump() for w in sc.warm_start],
+        prune_on=sc.prune_on, prune_direction=None if sc.prune_on is None
+        else "maximize" if METRICS[sc.prune_on].maximize else "minimize",
     )
 
 

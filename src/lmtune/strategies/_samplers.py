@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import get_args
+from collections.abc import Mapping, Sequence
+from typing import Any, get_args
 
 import optuna
 from optuna.trial import TrialState
@@ -10,9 +10,13 @@ from optuna.trial import TrialState
 from lmtune.config import SamplerName
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
+from lmtune.strategies._lc_sampler import CurveSampler
+from lmtune.strategies._prior import PriorSampler
+from lmtune.strategies._warm_start import Source, WarmStartSampler
 
 STRATEGIES: tuple[str, ...] = get_args(SamplerName)
 _ABSENT = object()
+AUTO_RANDOM_FRACTION = 0.0  # share of uniformly random trials in auto (B2, BENCHMARKS.md)
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -55,7 +59,9 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
-                   n_startup_trials: int | None = None) -> optuna.samplers.BaseSampler:
+                   n_startup_trials: int | None = None, max_resource: int | None = None,
+                   prior: Mapping[str, Any] | None = None, warm_start: Sequence[Source] = ()
+                   ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for `strategy`.
 
     - ``grid``: :class:`optuna.samplers.GridSampler` over every categorical choice, declared ``values`` and
@@ -65,6 +71,13 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
       conditional parameters per group instead of ignoring them.
     - ``gp``: :class:`optuna.samplers.GPSampler`, Gaussian-process Bayesian optimisation (best for small,
       continuous spaces and small budgets).
+    - ``auto``: the ``tpe`` sampler modelling pruned trials at their extrapolated final values
+      (`CurveSampler`); `max_resource` is the step where training ends (None: where most trials end). Given
+      `prior` (the baseline's parameters), some proposals come from around it and around the incumbent
+      (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the baseline's region disappoints.
+
+    With `warm_start` sources, ``tpe`` and ``auto`` also model the finished trials of those past studies
+    (`WarmStartSampler`), which stay in their own studies.
 
     Example::
 
@@ -75,13 +88,22 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         if not grid:
             raise ConfigError("search.strategy is grid but search.space has no dimension to vary")
         return _GridSampler(grid, seed=seed)
+    if warm_start and strategy not in ("tpe", "auto"):
+        raise ConfigError(f"search.warm_start needs strategy tpe or auto, not {strategy!r}")
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = 5 if n_startup_trials is None else n_startup_trials  # B2 LCBench sweep, BENCHMARKS.md
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tpe: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        if warm_start and strategy in ("tpe", "auto"):
+            tpe = WarmStartSampler(tpe, warm_start)
         if strategy == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+            return tpe
+        if strategy == "auto":
+            curves = CurveSampler(tpe, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
+            return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
     raise ConfigError(f"search.strategy: unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")

@@ -1,0 +1,158 @@
+"""Warm-start from past studies: their finished trials inform the model, without becoming trials of this study.
+
+Earlier studies of the same model family and metric say where good configurations lie. Like transfer TPE
+(Watanabe et al., IJCAI 2023) in its simplest form, the inner sampler sees the past trials (matched by parameter
+name, kept only where their values lie in this study's space) as extra observations. Each study's values are
+replaced by their quantile within that study (this one's too, in the sampler's view only), so a task where
+every score is high does not crowd out the others; TPE needs only the order. They are never written to
+this study's storage, so they count neither as its trials nor against its budget, and the source studies,
+which may live on another storage URL, are only read.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Container, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from lmtune.errors import ConfigError
+from lmtune.storage import mask_url, open_storage
+
+Source = tuple[str | None, str]  # (storage URL, or None for this study's own storage; study name)
+
+
+def parse_sources(sources: Sequence[str | Mapping[str, str]]) -> list[Source]:
+    """A study name (on this study's storage) or ``{study: NAME, storage: URL}`` per source."""
+    return [(None, s) if isinstance(s, str) else (s.get("storage"), s["study"]) for s in sources]
+
+
+def load_trials(sources: Sequence[Source], own: optuna.storages.BaseStorage | None) -> list[list[FrozenTrial]]:
+    """The finished trials of each source study, read once (nothing is written to them; a SQLite file that
+    does not exist is an error, not a new empty database)."""
+    trials: list[list[FrozenTrial]] = []
+    for url, name in sources:
+        storage = open_storage(url, create=False) if url is not None else own
+        assert storage is not None
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            where = "this study's storage" if url is None else mask_url(url)
+            raise ConfigError(f"search.warm_start: no study {name!r} in {where}") from None
+        trials.append(storage.get_all_trials(study_id, deepcopy=True, states=(TrialState.COMPLETE,)))
+    return trials
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+class _WarmView:
+    """The study plus the past trials, renumbered below zero so they never collide with this study's."""
+
+    def __init__(self, study: Any, past: list[FrozenTrial]):
+        self._study, self._past = study, past
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        own = _as_quantiles(self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache))
+        own = [t for t in own if states is None or t.state in states]
+        past = [t for t in self._past if states is None or t.state in states]
+        trials = past + own
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states)
+
+
+class WarmStartSampler(optuna.samplers.BaseSampler):
+    """Shows `inner` the finished trials of past studies beside this study's own.
+
+    A past trial is kept with the parameters this study also searches whose values lie in this study's
+    space (other parameters are dropped); one with none of them is ignored.
+
+    Example::
+
+        sampler = WarmStartSampler(optuna.samplers.TPESampler(seed=0), [("sqlite:///old.db", "lr-sweep")])
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, sources: Sequence[Source]):
+        self.inner, self.sources = inner, list(sources)
+        # Sources on other storages are read now, so a wrong URL or name stops the run before any trial.
+        self._elsewhere = load_trials([s for s in self.sources if s[0] is not None], own=None)  # type: ignore[arg-type]
+        self._loaded: list[list[FrozenTrial]] | None = None
+        self._past: list[FrozenTrial] = []
+        self._space_key: tuple[str, ...] | None = None
+
+    def _view(self, study: Any) -> _WarmView:
+        if self._loaded is None:
+            self._loaded = self._elsewhere + load_trials([s for s in self.sources if s[0] is None], study._storage)
+        space: dict[str, BaseDistribution] = {}
+        for t in study._get_trials(deepcopy=False, states=None, use_cache=True):
+            space.update(t.distributions)
+        key = tuple(sorted(space))
+        if key != self._space_key:  # this study's space as its trials have declared it so far
+            self._past, self._space_key = _transfer(self._loaded, space), key
+        return _WarmView(study, self._past)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(self._view(study), trial)  # type: ignore[arg-type]
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(self._view(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(self._view(study), trial, param_name,  # type: ignore[arg-type]
+                                             param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def _as_quantiles(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials with each COMPLETE one's value replaced by its quantile (0 lowest, 1 highest) among them."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    order = sorted(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+    q = {t.number: (i / (len(order) - 1) if len(order) > 1 else 0.5) for i, t in enumerate(order)}
+    out = []
+    for t in trials:
+        if t.number in q:
+            t = copy.copy(t)
+            t._values = [q[t.number]]
+        out.append(t)
+    return out
+
+
+def _transfer(sources: list[list[FrozenTrial]], space: Mapping[str, BaseDistribution]) -> list[FrozenTrial]:
+    out: list[FrozenTrial] = []
+    for trials in sources:
+        for t in _as_quantiles(trials):
+            params = {n: v for n, v in t.params.items() if n in space and _contains(space[n], v)}
+            if not params or t.value is None:
+                continue
+            number = -1 - len(out)
+            out.append(optuna.trial.FrozenTrial(
+                number=number, state=TrialState.COMPLETE, value=t.value, datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete, params=params, distributions={n: space[n] for n in params},
+                user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=number))
+    return out

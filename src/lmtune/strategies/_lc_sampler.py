@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.strategies._lc_pruner import CurveModels, metric_curve
+from lmtune.strategies._wrapping import WrappingSampler
 
 
 class _PredictedView:
@@ -44,7 +45,7 @@ class _PredictedView:
         return self._get_trials(deepcopy, states)
 
 
-class CurveSampler(optuna.samplers.BaseSampler):
+class CurveSampler(WrappingSampler):
     """Wraps `inner` (TPE in ``auto``) so that it models pruned trials at their predicted final values.
 
     A `random_fraction` of the trials is drawn uniformly instead, as BOHB does (Falkner et al., ICML 2018, one
@@ -92,10 +93,6 @@ class CurveSampler(optuna.samplers.BaseSampler):
             return {}
         return self.inner.infer_relative_search_space(self._view(study), trial)  # type: ignore[arg-type]
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.inner.sample_relative(self._view(study), trial, search_space)  # type: ignore[arg-type]
-
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         if trial.number in self._uniform_trials:
@@ -107,10 +104,6 @@ class CurveSampler(optuna.samplers.BaseSampler):
         if self.random_fraction > 0 and self._rng.random() < self.random_fraction:
             self._uniform_trials.add(trial.number)
         self.inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()

@@ -12,7 +12,7 @@ trials, not the search.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,12 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from lmtune.strategies._wrapping import WrappingSampler
+
 SOURCE_ATTR = "prior_source"  # system attribute: "prior", "incumbent" or "model", where a proposal came from
 
 
-class PriorSampler(optuna.samplers.BaseSampler):
+class PriorSampler(WrappingSampler):
     """Mixes proposals around `prior` (parameter values) and around the incumbent into `inner`'s.
 
     The chance of a prior proposal is ``p_prior * decay / (decay + n)`` after n finished trials, times the
@@ -71,17 +73,6 @@ class PriorSampler(optuna.samplers.BaseSampler):
         if u < p_prior + self.p_incumbent and len(finished) >= self.min_for_incumbent and complete:
             return "incumbent", study.best_trial.params
         return "model", None
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        return self.inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()

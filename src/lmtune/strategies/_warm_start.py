@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.errors import ConfigError
 from lmtune.storage import mask_url, open_storage
+from lmtune.strategies._wrapping import WrappingSampler
 
 Source = tuple[str | None, str]  # (storage URL, or None for this study's own storage; study name)
 
@@ -76,7 +77,7 @@ class _WarmView:
         return self._get_trials(deepcopy, states)
 
 
-class WarmStartSampler(optuna.samplers.BaseSampler):
+class WarmStartSampler(WrappingSampler):
     """Shows `inner` the finished trials of past studies beside this study's own.
 
     A past trial is kept with the parameters this study also searches whose values lie in this study's
@@ -105,28 +106,6 @@ class WarmStartSampler(optuna.samplers.BaseSampler):
         if key != self._space_key:  # this study's space as its trials have declared it so far
             self._past, self._space_key = _transfer(self._loaded, space), key
         return _WarmView(study, self._past)
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.inner.infer_relative_search_space(self._view(study), trial)  # type: ignore[arg-type]
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.inner.sample_relative(self._view(study), trial, search_space)  # type: ignore[arg-type]
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        return self.inner.sample_independent(self._view(study), trial, param_name,  # type: ignore[arg-type]
-                                             param_distribution)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.inner.reseed_rng()
 
 
 def _as_quantiles(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

@@ -140,22 +140,10 @@ class Spec:
             extra += [f"rf={self.rf}", f"min={self.min_r}"]
         elif self.min_r is not None:
             extra.append(f"min={self.min_r}")
-        if self.startup is not None:
-            extra.append(f"startup={self.startup}")
-        if self.z is not None:
-            extra.append(f"z={self.z:g}")
-        if self.z0 is not None:
-            extra.append(f"z0={self.z0:g}")
-        if self.ratio is not None:
-            extra.append(f"ratio={self.ratio:g}")
-        if self.rand is not None:
-            extra.append(f"rand={self.rand:g}")
-        if self.plain is not None:
-            extra.append(f"plain={self.plain}")
-        if self.warm is not None:
-            extra.append(f"warm={self.warm}")
-        if self.prior is not None:
-            extra.append(f"prior={self.prior}")
+        for key in ("startup", "z", "z0", "ratio", "rand", "plain", "warm", "prior"):
+            value = getattr(self, key)
+            if value is not None:
+                extra.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
         return self.strategy + (f"[{','.join(extra)}]" if extra else "")
 
     @classmethod

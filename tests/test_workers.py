@@ -185,6 +185,9 @@ def test_sigterm_to_a_single_process_run_fails_and_requeues_its_trial(tmp_path: 
     """SIGTERM (a `kill`, a scheduler's stop) ends `lmtune run` like Ctrl-C: no trial left RUNNING."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = _crash_config(tmp_path)
+    long = yaml.safe_load(cfg.read_text())  # trials long enough to be caught mid-training on an idle machine
+    long["train"].update(max_steps=2000, eval_steps=10)
+    cfg.write_text(yaml.safe_dump(long))
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.Popen([sys.executable, "-m", "lmtune", "run", str(cfg), "--quiet", "-o", str(tmp_path / "b")],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -192,23 +195,34 @@ def test_sigterm_to_a_single_process_run_fails_and_requeues_its_trial(tmp_path: 
     try:
         for _ in range(600):  # until a trial is mid-training
             time.sleep(0.5)
+            if run.poll() is not None:
+                break
             with contextlib.suppress(KeyError):
                 running = [t for t in optuna.load_study(study_name="test", storage=storage).trials
                            if t.state == TrialState.RUNNING and t.intermediate_values]
                 if running:
                     break
-        assert running, "no trial reached the middle of its training"
+        assert running, f"no trial reached the middle of its training: {run.communicate(timeout=60)[0][-3000:]}"
         victim = running[0]
-        run.send_signal(signal.SIGTERM)
-        output = run.communicate(timeout=120)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
+    except BaseException:
+        run.kill()
+        raise
+    output = _signal_and_wait(run, signal.SIGTERM)
     assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
     trials = optuna.load_study(study_name="test", storage=storage).trials
     assert trials[victim.number].state == TrialState.FAIL
     assert trials[victim.number].user_attrs["fail_reason"].startswith("interrupted")
     assert [t.params for t in trials if t.state == TrialState.WAITING] == [victim.params]
+
+
+def _signal_and_wait(run: subprocess.Popen, sig: int) -> str:
+    """Send `sig` to a running `lmtune` and return its output once it exits (killed if it does not)."""
+    try:
+        run.send_signal(sig)
+        return run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
 
 
 def _assert_gone(pids: list[int]) -> None:
@@ -338,12 +352,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_next_run_reruns_their_trials(tmp_p
     best = str(tmp_path / "best.yaml")
     run, victim, _ = _worker_mid_trial(cfg, storage, "run", str(cfg), "--address", ray_head, "-o", best,
                                        processes=0)  # the trials train in the Ray head's worker processes
-    try:
-        run.send_signal(signal.SIGINT)
-        output = run.communicate(timeout=120)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
+    output = _signal_and_wait(run, signal.SIGINT)
     assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
     trials = optuna.load_study(study_name="test", storage=storage).trials
     cut = [t for t in trials if t.state == TrialState.FAIL]

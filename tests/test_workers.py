@@ -97,8 +97,11 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
-def _crash_config(tmp_path: Path, **executor: Any) -> Path:
-    return write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16, "max_steps": 40,
+def _crash_config(tmp_path: Path, max_steps: int = 40, **executor: Any) -> Path:
+    """Trials of `max_steps`: short ones for tests that finish the study, long ones (2000) for tests that must catch
+    a trial mid-training even on a fast machine, where a 40-step trial can end before the signal lands."""
+    return write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16,
+                                         "max_steps": max_steps,
                                          "eval_steps": 10, "eval_max_samples": 8},
                         search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
                                 "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
@@ -184,10 +187,7 @@ def test_run_fails_and_reruns_the_trial_of_its_own_killed_worker_at_once(tmp_pat
 def test_sigterm_to_a_single_process_run_fails_and_requeues_its_trial(tmp_path: Path) -> None:
     """SIGTERM (a `kill`, a scheduler's stop) ends `lmtune run` like Ctrl-C: no trial left RUNNING."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = _crash_config(tmp_path)
-    long = yaml.safe_load(cfg.read_text())  # trials long enough to be caught mid-training on an idle machine
-    long["train"].update(max_steps=2000, eval_steps=10)
-    cfg.write_text(yaml.safe_dump(long))
+    cfg = _crash_config(tmp_path, max_steps=2000)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.Popen([sys.executable, "-m", "lmtune", "run", str(cfg), "--quiet", "-o", str(tmp_path / "b")],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -310,7 +310,7 @@ def test_worker_whose_trial_server_dies_stops_with_a_reason(tmp_path: Path) -> N
     """Without its trial server a worker cannot run trials: it fails the trial in hand with the reason and
     exits with an error, instead of failing every remaining trial of the budget at once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    worker, victim, (server, *_) = _worker_mid_trial(_crash_config(tmp_path), storage)
+    worker, victim, (server, *_) = _worker_mid_trial(_crash_config(tmp_path, max_steps=2000), storage)
     os.kill(server, signal.SIGKILL)
     output = worker.communicate(timeout=120)[0]
     assert worker.returncode == 2 and "trial server" in output and "Traceback" not in output, output

@@ -177,6 +177,15 @@ def test_lora_on_the_real_model_trains_saves_and_reloads_with_autopeft(smol_dir,
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(smol_dir)
     reloaded = AutoPeftModelForCausalLM.from_pretrained(out)
     assert _eval_loss(reloaded, trainer) == pytest.approx(result.metrics["eval_loss"], rel=1e-4)
+    # On a machine without lmtune's cache: the adapter on the base read straight from the GGUF file.
+    from peft import PeftModel
+    from transformers import GgufConfig
+
+    folder = wheel_gguf("smollm2-135m-instruct").parent
+    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, dtype=torch.float32,
+                                                quantization_config=GgufConfig(dequantize=True))
+    on_gguf = PeftModel.from_pretrained(base, out)
+    assert _eval_loss(on_gguf, trainer) == pytest.approx(result.metrics["eval_loss"], rel=1e-4)
 
 
 def test_named_lora_modules_full_fine_tuning_and_bf16(smol_2layers, tmp_path):

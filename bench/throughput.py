@@ -14,7 +14,7 @@ Runs alternate (lmtune, HF, [lmtune packed,] lmtune, HF, ...); the table gives t
     .venv/bin/python bench/throughput.py               # default: 150 steps, batch 32, 2 threads, 3 repeats
     .venv/bin/python bench/throughput.py --packing     # adds a row for lmtune with data.packing=true
     .venv/bin/python bench/throughput.py --model builtin:smollm2-135m-instruct --lora --n-train 256 \
-        --max-length 64 --batch-size 8 --steps 6 --repeats 1 --packing   # the real model (B3, SmolLM2)
+        --max-length 256 --batch-size 8 --steps 6 --repeats 3 --packing   # the real model (B3, SmolLM2)
 """
 
 from __future__ import annotations

@@ -155,6 +155,30 @@ def test_lora_trains_only_the_adapters(tmp_path):
     assert (out / "adapter_config.json").is_file()
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_logits_on_answer_positions_only_give_the_same_loss_and_gradients(tmp_path, packing):
+    from conftest import small_config
+
+    cfg = validate_config(small_config(tmp_path, data={"packing": packing},
+                                       train={"use_lora": True, "lora_r": 4, "label_smoothing_factor": 0.1}))
+    t = Trainer(cfg.model, cfg.data, cfg.train, objective_metric="eval_loss").setup()
+    assert t.selects_logits
+    batch = next(t._batches)
+    assert (batch["labels"] == -100).float().mean() > 0.3  # prompts (and padding) are most positions
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        t.model.zero_grad()
+        loss = t._loss_sum(batch, 0.1)
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in t.model.parameters() if p.requires_grad]
+
+    selected, selected_grads = loss_and_grads()
+    t.selects_logits = False
+    full, full_grads = loss_and_grads()
+    assert selected == pytest.approx(full, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(selected_grads, full_grads, strict=True))
+
+
 def test_bad_lora_targets_and_unknown_models_are_clear_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="lora_target_modules"):
         make_trainer(tmp_path, use_lora=True, lora_target_modules=["no_such_proj"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import warnings
@@ -171,6 +172,13 @@ def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict[st
     # `apply_decay` marks the groups whose weight decay may be changed later (PBT); norms and biases stay at 0.
     return [{"params": ps, "lr": train.learning_rate * scale, "weight_decay": decay, "apply_decay": is_matrix}
             for (scale, decay, is_matrix), ps in groups.items()]
+
+
+def selects_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes a boolean `logits_to_keep` mask (transformers' causal LMs do), so the
+    vocabulary projection, the largest matmul of a small LLM, can skip the prompt positions the loss ignores."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's forward is **kwargs
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

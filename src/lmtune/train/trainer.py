@@ -43,6 +43,7 @@ from lmtune.train.model import (
     load_model,
     load_tokenizer,
     parameter_groups,
+    selects_logits,
 )
 
 Report = Callable[[int, dict[str, float]], bool]
@@ -181,6 +182,7 @@ class Trainer:
     def _setup_model(self) -> None:
         self.model = load_model(self.model_cfg, self.cfg).to(self.device)
         self.n_params, self.n_trainable = count_parameters(self.model)
+        self.selects_logits = selects_logits(self.model)
 
     def _setup_steps(self) -> None:
         cfg = self.cfg
@@ -194,8 +196,10 @@ class Trainer:
         cfg = self.cfg
         groups = parameter_groups(self.model, cfg)
         if cfg.optim == "adamw":
+            # The fused kernel (one pass over each tensor) is several times faster than the default foreach
+            # update on CPU and CUDA; for a full fine-tune of a 135M model on CPU that is about a quarter of a step.
             self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                               eps=cfg.adam_epsilon)
+                                               eps=cfg.adam_epsilon, fused=self.device.type in ("cpu", "cuda"))
         elif cfg.optim == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
         elif cfg.optim == "rmsprop":
@@ -312,8 +316,19 @@ class Trainer:
         return total_loss, tokens
 
     def _loss_sum(self, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+        """Summed cross-entropy over the answer tokens. Logits at position t predict token t+1, and only the
+        positions that predict an answer token get logits at all: with the loss on answers only, that spares
+        the vocabulary projection and its softmax on every prompt and padding position (HF's Trainer computes
+        them all)."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        targets = batch["labels"][:, 1:]
+        if self.selects_logits:
+            keep = F.pad(targets != IGNORE, (0, 1), value=False)
+            logits = self.model(**inputs, logits_to_keep=keep).logits.float()
+            labels = targets[keep[:, :-1]]
+        else:
+            logits = self.model(**inputs).logits[:, :-1].float()
+            labels = targets
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
                                reduction="sum", label_smoothing=label_smoothing)
 

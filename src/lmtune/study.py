@@ -223,8 +223,8 @@ class Study:
             if len(self.objectives) > 1:
                 self.optuna.set_user_attr(records.OBJECTIVES, [{"name": n, "direction": d} for n, d in self.objectives])
         elif [n for n, _ in stored.objectives] != [n for n, _ in self.objectives]:
-            raise ConfigError(f"study {study_name!r} optimises {[n for n, _ in stored.objectives]}, this run asks for "
-                              f"{[n for n, _ in self.objectives]}; use another study_name or the same objective")
+            raise ConfigError(f"study {study_name!r} optimises {_names(stored.objectives)}, this run asks for "
+                              f"{_names(self.objectives)}; use another study_name or the same objective")
 
     @property
     def name(self) -> str:
@@ -385,6 +385,12 @@ class Study:
     @property
     def baseline_trial(self) -> FrozenTrial | None:
         return baseline_trial(self.trials)
+
+
+def _names(objectives: Sequence[tuple[str, Any]]) -> str:
+    """'loss', or ['acc', 'flops'] for several objectives."""
+    names = [n for n, _ in objectives]
+    return repr(names[0]) if len(names) == 1 else repr(names)
 
 
 def _describe(dist: optuna.distributions.BaseDistribution) -> str:

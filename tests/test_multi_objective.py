@@ -164,6 +164,7 @@ def test_a_single_objective_study_is_unchanged(tmp_path):
     (TWO, {"strategy": "pbt"}, "prunes or exploits by one metric"),
     (TWO, {"pruner": "median"}, "Optuna's pruners compare one value"),
     (TWO, {"warm_start": ["old"]}, "past studies are modelled by one objective"),
+    ({"constraints": ["flops <= 1e12"]}, {"strategy": "pbt"}, "population-based training copies and ranks"),
 ])
 def test_objective_config_errors_name_the_field_and_the_fix(tmp_path, objective, search, match):
     cfg = small_config(tmp_path, objective=objective, search=search)

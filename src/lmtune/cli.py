@@ -87,6 +87,10 @@ def print_best(study: optuna.Study, output: Path | None) -> bool:
     what = "best trial" if not StudyRecord(study).multi_objective else "Pareto point best on the first objective:"
     console.print(f"[bold]{what} {best.number}[/]: " + ", ".join(
         f"{n} = {fmt(v)}" for (n, _), v in zip(StudyRecord(study).objectives, best.values, strict=True)))
+    if StudyRecord(study).multi_objective and not StudyRecord(study).picked:
+        console.print("several objectives: `lmtune best --pareto` lists the front and `lmtune best --pick "
+                      "\"METRIC >= X, minimize METRIC\"` chooses the point best.yaml holds (until then, the front's "
+                      "best on the first objective)", highlight=False)
     if StudyRecord(study).selection:
         console.print(selection_table(StudyRecord(study).selection))
     comp = compare(study)

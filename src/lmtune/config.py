@@ -737,8 +737,11 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _multi_objective_search(self) -> ExperimentConfig:
-        """What cannot rank trials by several objectives is refused here, with why."""
+    def _objectives_fit_the_search(self) -> ExperimentConfig:
+        """What cannot rank trials by several objectives, or keep to constraints, is refused here, with why."""
+        if self.objective.constraints and self.search.strategy == "pbt":
+            raise ValueError("objective.constraints: population-based training copies and ranks members by "
+                             "objective.metric alone; remove the constraints or use another search.strategy")
         if not self.objective.multi_objective:
             return self
         names = [o.name for o in self.objective.objectives]

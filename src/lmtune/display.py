@@ -36,6 +36,7 @@ from lmtune.results import (
     ranked_trials,
     searched_space,
     study_cost,
+    study_limits,
     trial_status,
 )
 from lmtune.train.metrics import shown_metrics
@@ -79,20 +80,20 @@ def front_table(study: optuna.Study) -> Table:
     """The Pareto front: each point's objectives, constrained metrics and parameters; the picked point marked."""
     stored = StudyRecord(study)
     objectives = [f"{n} ({'max' if up else 'min'})" for n, up in stored.objectives]
-    limits = [c for c in (stored.config.get("objective") or {}).get("constraints") or []]
+    limits = study_limits(study)
     front = pareto_front(study)
     picked = (stored.picked or {}).get("trial")
     params = list(dict.fromkeys(k for t in front for k in t.params))
     space = searched_space(study)
     table = Table(title=f"Pareto front of study {study.study_name}: {len(front)} feasible trial"
                         f"{'s' if len(front) != 1 else ''} no other beats on every objective")
-    for col in ("#", *objectives, *(f"[{c}]" for c in limits), *params):
+    for col in ("#", *objectives, *(f"[{c.text}]" for c in limits), *params):
         table.add_column(col, overflow="fold")
     for t in front:
         values = _trained_values(t, params, space)
         name = f"{t.number}" + (" (baseline)" if TrialRecord(t).is_baseline else "") + (
             " *picked*" if t.number == picked else "")
-        measured = [TrialRecord(t).measure(c.split()[0]) for c in limits]
+        measured = [TrialRecord(t).measure(c.metric) for c in limits]
         table.add_row(name, *(fmt(v) for v in t.values), *(fmt(v) for v in measured),
                       *(fmt(values.get(p), 3) for p in params), style="bold green" if t.number == picked else None)
     return table

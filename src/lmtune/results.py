@@ -219,7 +219,7 @@ def compare(study: optuna.Study) -> Comparison | None:
                 is_active(space, key, t_h) or is_active(space, key, b_h)):
             rows.append((key, b_h.get(key), t_h.get(key)))
     objectives = [name for name, _ in stored.objectives]
-    for key in dict.fromkeys((*objectives, *shown_metrics(), *(c.metric for c in _limits(stored)))):
+    for key in dict.fromkeys((*objectives, *shown_metrics(), *(c.metric for c in study_limits(study)))):
         t_v = TrialRecord(tuned).measure(key)
         if t_v is not None:
             label = METRICS[key].row_label if key in METRICS else f"validation {key}"
@@ -269,8 +269,9 @@ def compare(study: optuna.Study) -> Comparison | None:
                             f"{metric} {b_value:.4g} -> {t_value:.4g} ({gain:+.4g}){note}", False)
 
 
-def _limits(stored: StudyRecord) -> list[Condition]:
-    return [parse_condition(c) for c in (stored.config.get("objective") or {}).get("constraints") or []]
+def study_limits(study: optuna.Study) -> list[Condition]:
+    """The objective.constraints the study was run with (from its stored config)."""
+    return [parse_condition(c) for c in (StudyRecord(study).config.get("objective") or {}).get("constraints") or []]
 
 
 def write_comparison(comp: Comparison, stem: Path) -> list[Path]:

@@ -180,3 +180,13 @@ def test_pick_rules_parse_with_clear_errors():
                        ("fastest", "is not a limit"), ("minimize speed", "unknown metric 'speed'")):
         with pytest.raises(ValueError, match=match):
             parse_pick(bad)
+
+
+def test_an_objective_that_does_not_measure_a_second_objective_stops_the_study():
+    study = Study("m", "sqlite:///:memory:", space={"x": {"low": 0.0, "high": 1.0}}, strategy="random",
+                  objectives=[("q", "maximize"), ("flops", "minimize")])
+    study.optimize(lambda c: {"q": c.params["x"]}, n_trials=3)
+    failed = study.optuna.trials[0]
+    assert failed.state == optuna.trial.TrialState.FAIL and TrialRecord(failed).setup_failure
+    assert "objective.metrics 'flops' needs the metric 'flops'" in TrialRecord(failed).fail_reason
+    assert len(study.optuna.trials) == 2  # stopped at once; the trial is queued to run once the objective is fixed

@@ -324,28 +324,27 @@ class Study:
                 self.requeue(frozen, records.TrialRecord(frozen).fail_reason)  # to run once the setup is fixed
             raise
 
-    def _measured(self, trial: optuna.Trial, name: str, what: str) -> float | None:
-        """A metric the trial stored (wherever it ran); a study whose trials do not measure it is broken."""
-        value = records.TrialRecord(self.optuna._storage.get_trial(trial._trial_id)).measure(name)
-        if value is None and what:
-            trial.set_user_attr(records.SETUP_FAILURE, True)
-            raise ConfigError(f"{what} needs the metric {name!r}, which the trial did not measure; the objective "
-                              "must return it (or the trainer record it) in the trial's metrics or cost")
-        return value
-
     def _set_constraints(self, trial: optuna.Trial, pruned: bool = False) -> None:
         """Record each objective.constraints limit as an Optuna constraint value (<= 0: it holds)."""
-        for limit in self.limits:
-            value = self._measured(trial, limit.metric, "" if pruned else f"objective.constraints {limit.text!r}")
-            if value is not None:
-                trial.set_constraint(limit.text, limit.violation(value))
+        if self.limits:
+            stored = self._stored(trial)
+            for limit in self.limits:
+                value = _measured(trial, stored, limit.metric, "" if pruned else f"objective.constraints "
+                                                                                   f"{limit.text!r}")
+                if value is not None:
+                    trial.set_constraint(limit.text, limit.violation(value))
 
     def _values(self, trial: optuna.Trial, first: float) -> float | tuple[float, ...]:
         """What Optuna is told: the objective value, or one value per objective."""
         if len(self.objectives) == 1:
             return first
-        return (first, *(self._measured(trial, name, f"objective.metrics {name!r}") or 0.0
+        stored = self._stored(trial)
+        return (first, *(float(_measured(trial, stored, name, f"objective.metrics {name!r}"))  # type: ignore[arg-type]
                          for name, _ in self.objectives[1:]))
+
+    def _stored(self, trial: optuna.Trial) -> records.TrialRecord:
+        """What the trial stored, wherever it ran (an executor's process writes to the same storage)."""
+        return records.TrialRecord(self.optuna._storage.get_trial(trial._trial_id))
 
     def requeue_interrupted(self, trial: optuna.Trial) -> str:
         """Queue a trial that Ctrl-C (or SIGINT) cut short to run again; the reason it records."""
@@ -385,6 +384,18 @@ class Study:
     @property
     def baseline_trial(self) -> FrozenTrial | None:
         return baseline_trial(self.trials)
+
+
+def _measured(trial: optuna.Trial, stored: records.TrialRecord, name: str, needed_by: str) -> float | None:
+    """A metric the trial measured; a study whose trials do not measure what `needed_by` needs is broken."""
+    value = stored.measure(name)
+    if value is None and needed_by:
+        reason = (f"{needed_by} needs the metric {name!r}, which the trial did not measure; the objective must "
+                  "return it (or the trainer record it) in the trial's metrics or cost")
+        trial.set_user_attr(records.FAIL_REASON, f"ConfigError: {reason}")
+        trial.set_user_attr(records.SETUP_FAILURE, True)
+        raise ConfigError(reason)
+    return value
 
 
 def _names(objectives: Sequence[tuple[str, Any]]) -> str:

@@ -130,7 +130,7 @@ def search(strategy: str, seed: int, trials: int, table: dict[str, dict[str, flo
     """One search replayed on the table: the configs proposed in order, with their metrics."""
     from lmtune.study import Study
 
-    study = Study(f"{strategy}-{seed}", "sqlite:///:memory:", space=space(), strategy=strategy, seed=seed,
+    study = Study(f"{strategy}-{seed}", "memory://", space=space(), strategy=strategy, seed=seed,
                   objectives=OBJECTIVES, n_startup_trials=startup)
     study.optimize(lambda ctx: table[key(ctx.params)], n_trials=trials)
     return [{"config": key(t.params), **table[key(t.params)]} for t in study.trials]

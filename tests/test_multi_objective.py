@@ -108,7 +108,7 @@ def test_pick_chooses_the_cheapest_trial_that_meets_the_limit(two_objective):
 def test_a_constraint_keeps_infeasible_trials_from_best():
     """x is the quality, x itself the constrained cost: the best trials by value break the limit."""
     for objectives in ([("q", "maximize")], [("q", "maximize"), ("cost", "minimize")]):
-        study = Study("c", "sqlite:///:memory:", space={"x": {"low": 0.0, "high": 1.0}}, strategy="random",
+        study = Study("c", "memory://", space={"x": {"low": 0.0, "high": 1.0}}, strategy="random",
                       objectives=objectives, constraints=["flops <= 0.5"])
         study.optimize(lambda c: {"q": c.params["x"], "cost": c.params["x"] ** 2, "flops": c.params["x"]},
                        n_trials=12)
@@ -163,7 +163,7 @@ def test_a_single_objective_study_is_unchanged(tmp_path):
     (TWO, {"strategy": "auto"}, "prunes or exploits by one metric"),
     (TWO, {"strategy": "pbt"}, "prunes or exploits by one metric"),
     (TWO, {"pruner": "median"}, "Optuna's pruners compare one value"),
-    (TWO, {"warm_start": ["old"]}, "past studies are modelled by one objective"),
+    (TWO, {"strategy": "tpe", "warm_start": ["old"]}, "past studies are modelled by one objective"),
     ({"constraints": ["flops <= 1e12"]}, {"strategy": "pbt"}, "population-based training copies and ranks"),
 ])
 def test_objective_config_errors_name_the_field_and_the_fix(tmp_path, objective, search, match):
@@ -183,7 +183,7 @@ def test_pick_rules_parse_with_clear_errors():
 
 
 def test_an_objective_that_does_not_measure_a_second_objective_stops_the_study():
-    study = Study("m", "sqlite:///:memory:", space={"x": {"low": 0.0, "high": 1.0}}, strategy="random",
+    study = Study("m", "memory://", space={"x": {"low": 0.0, "high": 1.0}}, strategy="random",
                   objectives=[("q", "maximize"), ("flops", "minimize")])
     study.optimize(lambda c: {"q": c.params["x"]}, n_trials=3)
     failed = study.optuna.trials[0]

@@ -129,7 +129,7 @@ def test_a_real_study_whose_every_trial_breaks_a_limit_has_no_best(tmp_path):
     assert best_trial(study.optuna) is None and StudyRecord(study.optuna).best_model == {}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
     res = runner.invoke(app, ["best", str(tmp_path / "exp.yaml")])
-    assert res.exit_code == 1 and "no feasible completed trial" in res.output
+    assert res.exit_code == 1 and "no feasible completed trial: all 2 break objective.constraints" in res.output
 
 
 def test_a_single_objective_study_is_unchanged(tmp_path):
@@ -190,3 +190,15 @@ def test_an_objective_that_does_not_measure_a_second_objective_stops_the_study()
     assert failed.state == optuna.trial.TrialState.FAIL and TrialRecord(failed).setup_failure
     assert "objective.metrics 'flops' needs the metric 'flops'" in TrialRecord(failed).fail_reason
     assert len(study.optuna.trials) == 2  # stopped at once; the trial is queued to run once the objective is fixed
+
+
+def test_a_multi_objective_study_that_names_no_strategy_gets_gp_with_three_startup_trials(tmp_path):
+    from lmtune.study import open_study
+
+    cfg = validate_config({**small_config(tmp_path, objective=TWO), "search": {"n_trials": 20, "space": SPACE}})
+    assert cfg.search.strategy == "gp"
+    sampler = open_study(cfg).optuna.sampler
+    assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 3
+    chosen = validate_config({**small_config(tmp_path, objective=TWO), "search": {"strategy": "nsga2"}})
+    assert chosen.search.strategy == "nsga2"
+    assert validate_config(small_config(tmp_path)).search.strategy == "random"  # single objective: as given

@@ -81,7 +81,9 @@ def print_best(study: optuna.Study, output: Path | None) -> bool:
     """Print the best trial against the baseline (and write the best config); False if no trial completed."""
     best = best_trial(study)
     if best is None:
-        console.print("[yellow]no feasible completed trial yet[/]")
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        console.print("[yellow]no completed trial yet[/]" if not done else
+                      f"[yellow]no feasible completed trial: all {len(done)} break objective.constraints[/]")
         return False
     cost = study_cost(study.get_trials(deepcopy=False))
     what = "best trial" if not StudyRecord(study).multi_objective else "Pareto point best on the first objective:"

@@ -33,6 +33,8 @@ StrategyName = Literal[SamplerName, CombinedName]
 COMBINED: dict[str, tuple[str, str]] = {"auto": ("auto", "extrapolate"), "bohb": ("tpe", "hyperband"),
                                         "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
                                         "pbt": ("random", "none")}
+# The strategy of a multi-objective study that names none: expected hypervolume improvement (B8, BENCHMARKS.md).
+MULTI_OBJECTIVE_STRATEGY = "gp"
 # A study name is also a folder (<output_dir>/<study_name>): no path separators, no leading dot.
 _STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}")
 
@@ -323,7 +325,8 @@ class WarmStartSource(_Strict):
 
 
 class SearchConfig(_Strict):
-    strategy: StrategyName = "tpe"
+    strategy: StrategyName = Field("tpe", description="tpe; with several objectives (objective.metrics) the "
+                                   "default is gp")
     preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
     pruner: PrunerName | None = Field(
         None, description="None = the strategy's own (auto: extrapolate, bohb: hyperband, asha: asha, "
@@ -746,6 +749,8 @@ class ExperimentConfig(_Strict):
             return self
         names = [o.name for o in self.objective.objectives]
         sc = self.search
+        if "strategy" not in sc.model_fields_set:  # B8 in BENCHMARKS.md: gp found the best fronts
+            sc.strategy = MULTI_OBJECTIVE_STRATEGY
         if sc.strategy in COMBINED:
             raise ValueError(f"search.strategy {sc.strategy!r} prunes or exploits by one metric, and objective.metrics "
                              f"has {len(names)} ({', '.join(names)}); use tpe (multi-objective TPE), nsga2, gp, random "

@@ -411,10 +411,12 @@ def _describe(dist: optuna.distributions.BaseDistribution) -> str:
     return f"a{' log-scale' if dist.log else ''} {kind} range"  # type: ignore[attr-defined]
 
 
-def default_startup_trials(n_trials: int | None) -> int:
+def default_startup_trials(n_trials: int | None, multi_objective: bool = False) -> int:
     """Random trials before TPE/GP model the space: 5, chosen on LCBench (BENCHMARKS.md, B2 sweep: 5 beat 10
-    by 1.4 points of regret at 10 FTE and tied at 30), capped at a third of a small budget."""
-    return 5 if n_trials is None else max(2, min(5, n_trials // 3))
+    by 1.4 points of regret at 10 FTE and tied at 30), capped at a third of a small budget; 3 with several
+    objectives (B8: gp with 3 beat 5 at every budget on the development seeds)."""
+    most = 3 if multi_objective else 5
+    return most if n_trials is None else max(2, min(most, n_trials // 3))
 
 
 def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
@@ -426,7 +428,7 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
         objectives=[(o.name, o.direction) for o in cfg.objective.objectives], constraints=cfg.objective.constraints,
         heartbeat_interval=ex.heartbeat_interval, grace_period=ex.grace_period,
         n_startup_trials=sc.n_startup_trials if sc.n_startup_trials is not None
-        else default_startup_trials(sc.n_trials),
+        else default_startup_trials(sc.n_trials, cfg.objective.multi_objective),
         baseline=cfg.train.model_dump() if sc.baseline else None,
         pruner=sc.pruner, min_resource=sc.min_resource, reduction_factor=sc.reduction_factor,
         warm_start=[w if isinstance(w, str) else w.model_dump() for w in sc.warm_start],

@@ -21,6 +21,7 @@ discrete so every configuration can be trained once and the searches replayed on
 - Seeds: ``--dev-seeds`` tune the samplers' settings; ``--seeds`` (disjoint) give the reported numbers.
 
     .venv/bin/python bench/b8_pareto.py --table-only          # train the 80 configs (resumable)
+    .venv/bin/python bench/b8_pareto.py --table bench/b8_table.json --seeds 0-9   # replay on the stored table
     .venv/bin/python bench/b8_pareto.py --strategies random,tpe,nsga2,gp --seeds 10-29
 """
 
@@ -150,6 +151,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=HERE / "b8_work")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--table", type=Path, help="replay on this stored table (bench/b8_table.json) instead of "
+                                               "training it under --workdir")
     ap.add_argument("--verify", type=int, default=0)
     ap.add_argument("--strategies", default="random,tpe,nsga2,gp",
                     help="comma-separated; name:startup sets n_startup_trials (nsga2: its generation size)")
@@ -162,7 +165,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    table = build_table(args)
+    table = json.loads(args.table.read_text()) if args.table else build_table(args)
     n_configs = len(LRS) * len(BATCHES) * len(STEPS)
     if len(table) < n_configs:
         sys.exit(f"the table has {len(table)} of {n_configs} configs; run again to finish it")

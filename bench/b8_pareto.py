@@ -96,6 +96,7 @@ def build_table(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 def verify(args: argparse.Namespace, table: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Re-train `args.verify` random configs through lmtune.tune() and compare with the table."""
     from lmtune import tune
+    from lmtune.records import TrialRecord
 
     rng = random.Random(123)
     out = []
@@ -108,7 +109,7 @@ def verify(args: argparse.Namespace, table: dict[str, dict[str, float]]) -> list
         cfg["search"]["baseline"] = True
         cfg["train"].update(learning_rate=float(lr), per_device_train_batch_size=int(bs), max_steps=int(steps))
         study = tune(cfg)
-        again = study.trials[0].user_attrs["metrics"]["exact_match"]
+        again = TrialRecord(study.trials[0]).metrics["exact_match"]
         out.append({"config": k, "table": table[k]["exact_match"], "again": again})
         log(f"verify {k}: table {table[k]['exact_match']:.4f}, again {again:.4f}")
     return out

@@ -24,8 +24,11 @@ def test_training_lowers_validation_loss_and_reports_every_metric(tmp_path):
     assert r.steps == 30 and r.stop_reason is None and len(r.history) == 3
     assert r.metrics["eval_loss"] < before - 0.5
     for key in ("eval_loss", "perplexity", "exact_match", "token_f1", "train_loss", "train_seconds",
-                "tokens_per_second", "elapsed_seconds", "exact_match_add"):
+                "tokens_per_second", "elapsed_seconds", "exact_match_add", "flops", "fte", "trainable_params",
+                "peak_memory_bytes"):
         assert key in r.metrics
+    assert r.metrics["flops"] == r.flops > 0 and r.metrics["fte"] == r.cost()["fte"] == 1.0
+    assert r.metrics["trainable_params"] == t.n_trainable and r.metrics["peak_memory_bytes"] > 0
     assert r.metrics["perplexity"] == pytest.approx(math.exp(r.metrics["eval_loss"]))
     assert 0 <= r.metrics["exact_match"] <= 1 and r.tokens > 0
 

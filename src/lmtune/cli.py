@@ -21,8 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from lmtune.config import ExecutorConfig, ExperimentConfig, TrainConfig, load_config, validate_section
-from lmtune.display import LiveDisplay, log_trial, trials_table
+from lmtune.display import LiveDisplay, front_table, log_trial, trials_table
 from lmtune.errors import ConfigError, LmtuneError
+from lmtune.objectives import parse_pick
 from lmtune.records import StudyRecord, TrialRecord
 from lmtune.results import (
     best_config,
@@ -30,6 +31,8 @@ from lmtune.results import (
     compare,
     fmt,
     load_study,
+    pick_trial,
+    record_pick,
     selection_cost,
     study_cost,
     write_comparison,
@@ -78,10 +81,18 @@ def print_best(study: optuna.Study, output: Path | None) -> bool:
     """Print the best trial against the baseline (and write the best config); False if no trial completed."""
     best = best_trial(study)
     if best is None:
-        console.print("[yellow]no completed trial yet[/]")
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        console.print("[yellow]no completed trial yet[/]" if not done else
+                      f"[yellow]no feasible completed trial: all {len(done)} break objective.constraints[/]")
         return False
     cost = study_cost(study.get_trials(deepcopy=False))
-    console.print(f"[bold]best trial {best.number}[/]: {StudyRecord(study).metric} = {fmt(best.value)}")
+    what = "best trial" if not StudyRecord(study).multi_objective else "Pareto point best on the first objective:"
+    console.print(f"[bold]{what} {best.number}[/]: " + ", ".join(
+        f"{n} = {fmt(v)}" for (n, _), v in zip(StudyRecord(study).objectives, best.values, strict=True)))
+    if StudyRecord(study).multi_objective and not StudyRecord(study).picked:
+        console.print("several objectives: `lmtune best --pareto` lists the front and `lmtune best --pick "
+                      "\"METRIC >= X, minimize METRIC\"` chooses the point best.yaml holds (until then, the front's "
+                      "best on the first objective)", highlight=False)
     if StudyRecord(study).selection:
         console.print(selection_table(StudyRecord(study).selection))
     comp = compare(study)
@@ -301,10 +312,29 @@ def status(config: OptConfigArg = None, storage: StorageOpt = None, study: Study
 @app.command()
 def best(config: OptConfigArg = None, storage: StorageOpt = None, study: StudyOpt = None,
          output: Annotated[Path, typer.Option("-o", "--output", help="where to write the best config")] = Path(
-             "best.yaml")) -> None:
+             "best.yaml"),
+         pareto: Annotated[bool, typer.Option("--pareto", help="list the Pareto front (feasible trials no other "
+                                                                "beats on every objective)")] = False,
+         pick: Annotated[str | None, typer.Option(help="choose one point and remember it, e.g. \"exact_match >= "
+                                                       "0.9, minimize flops\"; best.yaml, the comparison and "
+                                                       "`lmtune export` then use it")] = None) -> None:
     """Best params and metrics, the baseline-vs-tuned comparison; writes the best config as YAML."""
     try:
-        found = print_best(_open(config, storage, study), output)
+        st = _open(config, storage, study)
+        if pareto:
+            console.print(front_table(st))
+        if pick is not None:
+            try:
+                rule = parse_pick(pick)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            chosen = pick_trial(st, rule)
+            record_pick(st, chosen, rule)
+            console.print(f"picked trial {chosen.number} by {rule.text!r}: " + ", ".join(
+                f"{n} = {fmt(TrialRecord(chosen).measure(n))}" for n in dict.fromkeys(
+                    [*(n for n, _ in StudyRecord(st).objectives), *(c.metric for c in rule.conditions),
+                     *([rule.goal.name] if rule.goal else [])])), highlight=False)
+        found = print_best(st, output)
     except LmtuneError as e:
         _fail(e)
     if not found:  # nothing to write: a script reading best.yaml next must not go on

@@ -19,11 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import ConfigError
+from lmtune.objectives import Condition, Objective, parse_condition
 from lmtune.train.metrics import METRICS, metrics_on_test
 
 _M = TypeVar("_M", bound=BaseModel)
 # The names a config may give; `lmtune.strategies` maps each to its Optuna sampler and pruner.
-SamplerName = Literal["grid", "random", "tpe", "gp"]
+SamplerName = Literal["grid", "random", "tpe", "gp", "nsga2"]
 PrunerName = Literal["none", "asha", "hyperband", "median", "extrapolate"]
 CombinedName = Literal["auto", "bohb", "asha", "hyperband", "pbt"]  # a sampler with a pruner, or PBT
 StrategyName = Literal[SamplerName, CombinedName]
@@ -32,6 +33,8 @@ StrategyName = Literal[SamplerName, CombinedName]
 COMBINED: dict[str, tuple[str, str]] = {"auto": ("auto", "extrapolate"), "bohb": ("tpe", "hyperband"),
                                         "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
                                         "pbt": ("random", "none")}
+# The strategy of a multi-objective study that names none: expected hypervolume improvement (B8, BENCHMARKS.md).
+MULTI_OBJECTIVE_STRATEGY = "gp"
 # A study name is also a folder (<output_dir>/<study_name>): no path separators, no leading dot.
 _STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}")
 
@@ -322,7 +325,8 @@ class WarmStartSource(_Strict):
 
 
 class SearchConfig(_Strict):
-    strategy: StrategyName = "tpe"
+    strategy: StrategyName = Field("tpe", description="tpe; with several objectives (objective.metrics) the "
+                                   "default is gp")
     preset: Literal["lora", "full"] | None = Field(None, description="start from a preset space; space overrides")
     pruner: PrunerName | None = Field(
         None, description="None = the strategy's own (auto: extrapolate, bohb: hyperband, asha: asha, "
@@ -413,24 +417,98 @@ class SearchConfig(_Strict):
                           "one training argument (or set search.preset), or use `lmtune train` for a single run")
 
 
+class ObjectiveSpec(_Strict):
+    """One objective of a multi-objective study. YAML shorthand: a bare metric name, its registered direction."""
+
+    name: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _known_metric(v)
+
+    @model_validator(mode="after")
+    def _direction(self) -> ObjectiveSpec:
+        if self.direction is None:
+            self.direction = "maximize" if METRICS[self.name].maximize else "minimize"
+        return self
+
+
 class ObjectiveConfig(_Strict):
     metric: str = "exact_match"
     direction: Literal["maximize", "minimize"] | None = None
+    metrics: list[ObjectiveSpec] | None = Field(
+        None, description="several objectives (a Pareto front): [exact_match, {name: flops, direction: minimize}]; "
+                          "the first is objective.metric")
+    constraints: list[str] = Field(default_factory=list, description="hard limits such as 'peak_memory_bytes <= "
+                                   "20e9': infeasible trials inform the sampler and are never the best")
 
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
         return _known_metric(v)
 
+    @field_validator("constraints")
+    @classmethod
+    def _limits(cls, v: list[str]) -> list[str]:
+        texts = [parse_condition(c).text for c in v]
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"{v} repeats a limit; give each once")
+        return v
+
     @model_validator(mode="after")
     def _direction(self) -> ObjectiveConfig:
+        if self.metrics is not None:
+            names = [m.name for m in self.metrics]
+            if not names:
+                raise ValueError("objective.metrics is empty; list at least one metric, or remove it")
+            if len(set(names)) != len(names):
+                raise ValueError(f"objective.metrics {names} names a metric twice")
+            first = self.metrics[0]
+            if "metric" in self.model_fields_set and self.metric != first.name:
+                raise ValueError(f"objective.metric ({self.metric!r}) is not the first of objective.metrics "
+                                 f"({first.name!r}); the first entry is the objective metric: drop objective.metric")
+            if self.direction is not None and self.direction != first.direction:
+                raise ValueError(f"objective.direction ({self.direction}) contradicts objective.metrics[0] "
+                                 f"({first.direction}); give the direction in objective.metrics")
+            # Set quietly: validate_assignment would run this validator again.
+            self.__dict__.update(metric=first.name, direction=first.direction)
         if self.direction is None:
             self.direction = "maximize" if METRICS[self.metric].maximize else "minimize"
         return self
 
     @property
     def maximize(self) -> bool:
+        """The direction of the (first) objective."""
         return self.direction == "maximize"
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """Every objective in order; one for a single-objective study."""
+        if self.metrics is None:
+            return [Objective(self.metric, self.maximize)]
+        return [Objective(m.name, m.direction == "maximize") for m in self.metrics]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def limits(self) -> list[Condition]:
+        return [parse_condition(c) for c in self.constraints]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The objective as trials are compared by; the keys a single-objective, unconstrained study always had."""
+        dumped = self.model_dump(exclude_none=True)
+        if not dumped.get("constraints"):
+            dumped.pop("constraints", None)
+        return dumped
 
 
 class SelectConfig(_Strict):
@@ -661,6 +739,33 @@ class ExperimentConfig(_Strict):
                              f"{metrics_on_test()}, or remove select")
         return self
 
+    @model_validator(mode="after")
+    def _objectives_fit_the_search(self) -> ExperimentConfig:
+        """What cannot rank trials by several objectives, or keep to constraints, is refused here, with why."""
+        if self.objective.constraints and self.search.strategy == "pbt":
+            raise ValueError("objective.constraints: population-based training copies and ranks members by "
+                             "objective.metric alone; remove the constraints or use another search.strategy")
+        if not self.objective.multi_objective:
+            return self
+        names = [o.name for o in self.objective.objectives]
+        sc = self.search
+        if "strategy" not in sc.model_fields_set:  # B8 in BENCHMARKS.md: gp found the best fronts
+            sc.strategy = MULTI_OBJECTIVE_STRATEGY
+        if sc.strategy in COMBINED:
+            raise ValueError(f"search.strategy {sc.strategy!r} prunes or exploits by one metric, and objective.metrics "
+                             f"has {len(names)} ({', '.join(names)}); use tpe (multi-objective TPE), nsga2, gp, random "
+                             "or grid")
+        if resolve(sc.strategy, sc.pruner)[1] != "none":
+            raise ValueError(f"search.pruner {sc.pruner!r}: Optuna's pruners compare one value per step, and a "
+                             "multi-objective study has several; remove the pruner (early stopping still applies)")
+        if self.stages is not None:
+            raise ValueError("stages: proxy tuning transfers the top configs by one metric; remove stages or use a "
+                             "single objective")
+        if sc.warm_start:
+            raise ValueError("search.warm_start: past studies are modelled by one objective; remove warm_start or use "
+                             "a single objective")
+        return self
+
     @field_validator("study_name")
     @classmethod
     def _study_name(cls, v: str) -> str:
@@ -677,7 +782,7 @@ class ExperimentConfig(_Strict):
         files = {k: _sha256(p) for k in _DATA_FILES if (p := getattr(self.data, k))}
         return json.loads(json.dumps({
             "model": self.model.model_dump(), "data": self.data.model_dump(exclude=set(_DATA_FILES)),
-            "data_files_sha256": files, "train": {**train, **fixed}, "objective": self.objective.model_dump()},
+            "data_files_sha256": files, "train": {**train, **fixed}, "objective": self.objective.fingerprint()},
             default=str))
 
     @model_validator(mode="after")

@@ -31,10 +31,12 @@ from lmtune.results import (
     fmt,
     is_active,
     load_study,
+    pareto_front,
     pbt_members,
     ranked_trials,
     searched_space,
     study_cost,
+    study_limits,
     trial_status,
 )
 from lmtune.train.metrics import shown_metrics
@@ -56,20 +58,44 @@ def trials_table(study: optuna.Study, limit: int | None = None, title: str | Non
     params = list(dict.fromkeys(k for t in trials for k in t.params))
     space = searched_space(study)
     table = Table(title=title, show_lines=False)
-    metric_cols = list(dict.fromkeys((metric, "eval_loss")))
+    metric_cols = list(dict.fromkeys((metric, *(n for n, _ in StudyRecord(study).objectives), "eval_loss")))
     for col in ("#", "state", *metric_cols, "FTE", "s", *params):
         table.add_column(col, overflow="fold")
     for t in trials:
-        m = TrialRecord(t).metrics
         state = t.state.name.lower() + (" (baseline)" if TrialRecord(t).is_baseline else "")
         reason = trial_reason(t)
         if reason:
             state += f": {reason[:80]}"
+        if not TrialRecord(t).feasible:
+            state += " (infeasible)"
         style = "bold green" if best is not None and t.number == best.number else None
         c = TrialRecord(t).cost
         values = _trained_values(t, params, space)
-        table.add_row(str(t.number), state, *(fmt(m.get(k)) for k in metric_cols), fmt(c.get("fte")),
+        table.add_row(str(t.number), state, *(fmt(TrialRecord(t).measure(k)) for k in metric_cols), fmt(c.get("fte")),
                       fmt(c.get("wall_seconds"), 3), *(fmt(values.get(p), 3) for p in params), style=style)
+    return table
+
+
+def front_table(study: optuna.Study) -> Table:
+    """The Pareto front: each point's objectives, constrained metrics and parameters; the picked point marked."""
+    stored = StudyRecord(study)
+    objectives = [f"{n} ({'max' if up else 'min'})" for n, up in stored.objectives]
+    limits = study_limits(study)
+    front = pareto_front(study)
+    picked = (stored.picked or {}).get("trial")
+    params = list(dict.fromkeys(k for t in front for k in t.params))
+    space = searched_space(study)
+    table = Table(title=f"Pareto front of study {study.study_name}: {len(front)} feasible trial"
+                        f"{'s' if len(front) != 1 else ''} no other beats on every objective")
+    for col in ("#", *objectives, *(f"[{c.text}]" for c in limits), *params):
+        table.add_column(col, overflow="fold")
+    for t in front:
+        values = _trained_values(t, params, space)
+        name = f"{t.number}" + (" (baseline)" if TrialRecord(t).is_baseline else "") + (
+            " *picked*" if t.number == picked else "")
+        measured = [TrialRecord(t).measure(c.metric) for c in limits]
+        table.add_row(name, *(fmt(v) for v in t.values), *(fmt(v) for v in measured),
+                      *(fmt(values.get(p), 3) for p in params), style="bold green" if t.number == picked else None)
     return table
 
 
@@ -101,11 +127,13 @@ def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
             console.print(f"study {study.study_name}:", highlight=False)
         m = TrialRecord(trial).metrics
         extra = trial_reason(trial) or json.dumps({k: round(m[k], 4) for k in shown_metrics() if k in m})
+        objectives = " ".join(f"{n}={fmt(TrialRecord(trial).measure(n))}" for n, _ in StudyRecord(study).objectives)
         space = searched_space(study)
         values = _trained_values(trial, [*trial.params, *space], space)
         params = " ".join(f"{k}={fmt(v)}" for k, v in values.items())
-        console.print(f"trial {trial.number} {trial_status(trial)}: {StudyRecord(study).metric}={fmt(trial.value)} "
-                      f"{params} {extra}", highlight=False, soft_wrap=True)
+        infeasible = "" if TrialRecord(trial).feasible else " (infeasible)"
+        console.print(f"trial {trial.number} {trial_status(trial)}{infeasible}: {objectives} {params} {extra}",
+                      highlight=False, soft_wrap=True)
 
     return log
 

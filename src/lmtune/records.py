@@ -44,9 +44,14 @@ CHECKPOINT = "checkpoint"  # the member's last checkpoint folder (removed once t
 
 # ------------------------------------------------------------------------------------ trial system attributes
 REQUEUED_FROM = "requeued_from"  # numbers of the cut-short trials a re-queued trial replaces
+# Optuna's own: `trial.set_constraint(text, violation)` stores "constraints:<text>" (e.g. "constraints:flops <=
+# 1e+12"), a float that is <= 0 when the objective.constraints entry holds; samplers and best_trial(s) read it.
+CONSTRAINT_PREFIX = "constraints:"
 
 # ------------------------------------------------------------------------------------ study user attributes
-STUDY_METRIC = "metric"  # the objective metric's name
+STUDY_METRIC = "metric"  # the objective metric's name (a multi-objective study's first objective)
+OBJECTIVES = "objectives"  # multi-objective: [{"name": metric, "direction": "maximize"|"minimize"}], in order
+PICKED = "picked"  # {trial, rule}: the point `lmtune best --pick RULE` chose; best.yaml and export use it
 STUDY_STRATEGY = "strategy"  # search.strategy the study was created with
 CONFIG = "config"  # the experiment config (password removed), as JSON
 FINGERPRINT = "fingerprint"  # what makes trials comparable (ExperimentConfig.fingerprint); a resume must match
@@ -120,6 +125,23 @@ class TrialRecord:
         return list(self._get(LINEAGE, []))
 
     @property
+    def value(self) -> float | None:
+        """The objective value, a multi-objective trial's first (Optuna's `value` raises for those)."""
+        values = self.trial.values
+        return float(values[0]) if values else None
+
+    def measure(self, name: str) -> float | None:
+        """A metric of the final evaluation, else a cost figure (`fte`, `flops`, ...): what objectives, constraints
+        and picks read."""
+        value = self.metrics.get(name, self.cost.get(name))
+        return None if value is None else float(value)
+
+    @property
+    def feasible(self) -> bool:
+        """Every objective.constraints limit held (Optuna's rule: every constraint value <= 0)."""
+        return all(v <= 0 for v in self.trial.constraints.values())
+
+    @property
     def trained_hparams(self) -> dict[str, Any]:
         """The training arguments the trial ran with. A PBT member's model comes from a schedule: like Ray
         Tune, report its final values (the schedule is kept beside them)."""
@@ -168,5 +190,22 @@ class StudyRecord:
         return dict(self._get(PBT, {}))
 
     @property
+    def objectives(self) -> list[tuple[str, bool]]:
+        """(metric, maximize) for each objective, in the order of the trials' values."""
+        stored = self._get(OBJECTIVES)
+        if stored:
+            return [(str(o["name"]), o["direction"] == "maximize") for o in stored]
+        return [(self.metric, self.maximize)]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.directions) > 1
+
+    @property
+    def picked(self) -> dict[str, Any] | None:
+        return self._get(PICKED) or None
+
+    @property
     def maximize(self) -> bool:
-        return self.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        """The direction of the (first) objective."""
+        return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE

@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.config import SEARCHABLE
 from lmtune.errors import ConfigError
-from lmtune.records import StudyRecord, TrialRecord
+from lmtune.objectives import Condition, PickRule, parse_condition
+from lmtune.records import PICKED, StudyRecord, TrialRecord
 from lmtune.storage import mask_url, open_storage
 from lmtune.train.metrics import METRICS, shown_metrics
 
@@ -46,12 +47,58 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _rankable(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials with finite values that meet every objective.constraints limit."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and all(math.isfinite(v) for v in t.values) and TrialRecord(t).feasible]
+
+
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials with a finite value, best first (ties: the earlier trial first)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
+    """Feasible completed trials, best first: by the objective (ties: the earlier trial first); with several
+    objectives the Pareto front first, each group by the first objective. Infeasible trials are left out."""
+    done = _rankable(study)
     sign = -1 if StudyRecord(study).maximize else 1
-    return sorted(done, key=lambda t: (sign * t.value, t.number))  # type: ignore[operator]
+    front = {t.number for t in pareto_front(study)} if StudyRecord(study).multi_objective else set()
+    return sorted(done, key=lambda t: (t.number not in front, sign * t.values[0], t.number))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible completed trials no other feasible trial beats on every objective (Optuna's `best_trials`,
+    which leaves infeasible trials out), ordered by the first objective, best first."""
+    sign = -1 if StudyRecord(study).maximize else 1
+    front = [t for t in study.best_trials if all(math.isfinite(v) for v in t.values)]
+    return sorted(front, key=lambda t: (sign * t.values[0], t.number))
+
+
+def pick_trial(study: optuna.Study, rule: PickRule) -> FrozenTrial:
+    """The feasible completed trial that meets every condition of `rule` and is best on its goal (default: the
+    first objective); ties go to a Pareto point, then to the first objective, then to the earlier trial."""
+    done = ranked_trials(study)  # the order breaks ties
+    if not done:
+        raise ConfigError(f"study {study.study_name!r} has no feasible completed trial to pick from")
+    for c in rule.conditions:
+        done_before = done
+        done = [t for t in done if c.holds(TrialRecord(t).measure(c.metric))]
+        if not done:
+            seen = [v for t in done_before if (v := TrialRecord(t).measure(c.metric)) is not None]
+            closest = (max(seen) if c.op == ">=" else min(seen)) if seen else None
+            raise ConfigError(f"no trial meets {c.text!r}" + (f" (the closest has {c.metric} = {closest:.4g})"
+                                                               if closest is not None else
+                                                               f": no trial measured {c.metric}")
+                              + "; loosen the limit")
+    goal = rule.goal
+    if goal is None:
+        return done[0]
+    measured = [t for t in done if TrialRecord(t).measure(goal.name) is not None]
+    if not measured:
+        raise ConfigError(f"--pick {rule.text!r}: no trial measured {goal.name!r}")
+    sign = -1 if goal.maximize else 1
+    return min(measured, key=lambda t: sign * (TrialRecord(t).measure(goal.name) or 0.0))
+
+
+def record_pick(study: optuna.Study, trial: FrozenTrial, rule: PickRule) -> None:
+    """Remember the picked point: `best.yaml`, the comparison table, `export` and the report use it."""
+    study.set_user_attr(PICKED, {"trial": trial.number, "rule": rule.text})
 
 
 def study_cost(trials: list[FrozenTrial]) -> dict[str, float]:
@@ -119,9 +166,14 @@ def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best feasible trial (Optuna's `best_trial`); with several objectives, the Pareto point best on the
+    first objective."""
+    if StudyRecord(study).multi_objective:
+        ranked = ranked_trials(study)
+        return ranked[0] if ranked else None
     try:
         return study.best_trial
-    except ValueError:
+    except ValueError:  # nothing completed, or nothing feasible
         return None
 
 
@@ -141,10 +193,12 @@ class Comparison:
 
 
 def tuned_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The final pick: the selection phase's robust winner when it ran, else the search's best trial."""
-    selection = StudyRecord(study).selection
-    if selection:
-        return study.get_trials(deepcopy=False)[selection["winner"]]
+    """The final pick: the point `lmtune best --pick` chose, else the selection phase's robust winner when it
+    ran, else the search's best trial."""
+    stored = StudyRecord(study)
+    chosen = (stored.picked or {}).get("trial", (stored.selection or {}).get("winner"))
+    if chosen is not None:
+        return study.get_trials(deepcopy=False)[chosen]
     return best_trial(study)
 
 
@@ -164,12 +218,12 @@ def compare(study: optuna.Study) -> Comparison | None:
         if key in t_h and (key in space or b_h.get(key) != t_h.get(key)) and (
                 is_active(space, key, t_h) or is_active(space, key, b_h)):
             rows.append((key, b_h.get(key), t_h.get(key)))
-    b_m = TrialRecord(base).metrics if base else {}
-    t_m = TrialRecord(tuned).metrics
-    for key in dict.fromkeys((metric, *shown_metrics())):
-        if key in t_m:
+    objectives = [name for name, _ in stored.objectives]
+    for key in dict.fromkeys((*objectives, *shown_metrics(), *(c.metric for c in study_limits(study)))):
+        t_v = TrialRecord(tuned).measure(key)
+        if t_v is not None:
             label = METRICS[key].row_label if key in METRICS else f"validation {key}"
-            rows.append((label, b_m.get(key), t_m[key]))
+            rows.append((label, TrialRecord(base).measure(key) if base else None, t_v))
     selection = stored.selection
     test = {r["trial"]: r for r in selection["candidates"]} if selection else {}
     if test:
@@ -184,12 +238,14 @@ def compare(study: optuna.Study) -> Comparison | None:
     rows.append(("cost (seconds)", b_c.get("wall_seconds"), t_c.get("wall_seconds")))
     if base is None:
         return Comparison(rows, "no baseline trial in this study (search.baseline was off)", False)
-    if base.state != TrialState.COMPLETE or base.value is None:
+    b_value, t_value = TrialRecord(base).value, TrialRecord(tuned).value
+    picked = f" (picked by {stored.picked['rule']!r})" if stored.picked else ""
+    if base.state != TrialState.COMPLETE or b_value is None:
         return Comparison(rows, f"the baseline trial did not complete ({base.state.name.lower()}: "
                                 f"{TrialRecord(base).fail_reason or 'no reason recorded'})", True)
     if tuned.number == base.number:
-        where = "on test data" if test else f"({metric} = {base.value:.4g})"
-        return Comparison(rows, f"the baseline is already the best configuration {where}", False)
+        where = "on test data" if test else f"({metric} = {b_value:.4g})"
+        return Comparison(rows, f"the baseline is already the best configuration {where}{picked}", False)
     maximize = stored.maximize
     if test and base.number in test:
         b, t = test[base.number]["test_mean"], test[tuned.number]["test_mean"]
@@ -205,12 +261,17 @@ def compare(study: optuna.Study) -> Comparison | None:
     if base.number in failed:
         note = (f"; the baseline was left out of the selection phase "
                 f"({next(iter(failed[base.number]['errors'].values()))})")
-    gain = tuned.value - base.value if tuned.value is not None else 0.0
+    gain = t_value - b_value if t_value is not None else 0.0
     if gain > 0 if maximize else gain < 0:
-        return Comparison(rows, f"tuned beats the baseline: {metric} {base.value:.4g} -> {tuned.value:.4g} "
-                                f"({gain:+.4g}), trial {tuned.number}{note}", True)
-    return Comparison(rows, f"the tuned trial {tuned.number} does not beat the baseline on validation: {metric} "
-                            f"{base.value:.4g} -> {tuned.value:.4g} ({gain:+.4g}){note}", False)
+        return Comparison(rows, f"tuned beats the baseline: {metric} {b_value:.4g} -> {t_value:.4g} "
+                                f"({gain:+.4g}), trial {tuned.number}{picked}{note}", True)
+    return Comparison(rows, f"the tuned trial {tuned.number}{picked} does not beat the baseline on validation: "
+                            f"{metric} {b_value:.4g} -> {t_value:.4g} ({gain:+.4g}){note}", False)
+
+
+def study_limits(study: optuna.Study) -> list[Condition]:
+    """The objective.constraints the study was run with (from its stored config)."""
+    return [parse_condition(c) for c in (StudyRecord(study).config.get("objective") or {}).get("constraints") or []]
 
 
 def write_comparison(comp: Comparison, stem: Path) -> list[Path]:

@@ -33,7 +33,8 @@ class Candidate:
 
 
 def candidates(study: optuna.Study, top_k: int, include_baseline: bool) -> list[Candidate]:
-    """The baseline trial (when asked) and the top-k completed, non-PBT trials by search value."""
+    """The baseline trial (when asked) and the top-k feasible completed, non-PBT trials by search value; with
+    several objectives, the top-k Pareto points by the first objective (`ranked_trials` puts the front first)."""
     done = [t for t in ranked_trials(study)
             if TrialRecord(t).pbt_member is None and TrialRecord(t).hparams is not None]
     picked = [t for t in done if not TrialRecord(t).is_baseline][:top_k]
@@ -42,7 +43,7 @@ def candidates(study: optuna.Study, top_k: int, include_baseline: bool) -> list[
         picked = [base, *picked]
     if not picked:
         raise LmtuneError(f"study {study.study_name!r} has no completed trial to select from")
-    return [Candidate(t.number, TrialRecord(t).is_baseline, TrialRecord(t).hparams or {}, t.value)
+    return [Candidate(t.number, TrialRecord(t).is_baseline, TrialRecord(t).hparams or {}, TrialRecord(t).value)
             for t in picked]
 
 

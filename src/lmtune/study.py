@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import interrupts, records
 from lmtune.config import ExperimentConfig, ParamSpec, fingerprint_changes
 from lmtune.errors import SETUP_ERRORS, ConfigError, DivergedError, OutOfMemoryError, TrainArgumentError
-from lmtune.results import baseline_trial, study_cost
+from lmtune.objectives import parse_condition
+from lmtune.results import baseline_trial, best_trial, study_cost
 from lmtune.space import SearchSpace
 from lmtune.storage import mask_url, open_storage, strip_password, study_lock
 from lmtune.strategies import create_pruner, create_sampler, resolve
@@ -91,6 +92,10 @@ class TrialContext:
     is_baseline: bool = False
     pruned: bool = False
 
+    def __post_init__(self) -> None:
+        # Optuna's pruners and `Trial.report` take one value per step; a multi-objective trial reports its curve only.
+        self._prunable = len(self.trial.study.directions) == 1
+
     @property
     def number(self) -> int:
         return self.trial.number
@@ -102,13 +107,13 @@ class TrialContext:
         The baseline trial is never pruned, so the baseline-vs-tuned comparison is always complete.
         """
         value = metrics if isinstance(metrics, int | float) else metrics[self.metric]
-        if math.isfinite(value):
+        if math.isfinite(value) and self._prunable:
             self.trial.report(float(value), step)
         if not isinstance(metrics, int | float):
             curve = list(self.trial.user_attrs.get(records.CURVE, []))
             curve.append({k: float(v) for k, v in metrics.items()})
             self.trial.set_user_attr(records.CURVE, curve)
-        self.pruned = not self.is_baseline and self.trial.should_prune()
+        self.pruned = not self.is_baseline and self._prunable and self.trial.should_prune()
         return self.pruned
 
     def set(self, key: str, value: Any) -> None:
@@ -173,9 +178,15 @@ class Study:
                  pruner: str | None = None, min_resource: int | None = None, reduction_factor: int = 3,
                  max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120,
                  worker: int = 0, prune_on: str | None = None, prune_direction: str | None = None,
-                 warm_start: Sequence[str | Mapping[str, str]] = ()):
+                 warm_start: Sequence[str | Mapping[str, str]] = (),
+                 objectives: Sequence[tuple[str, str]] | None = None, constraints: Sequence[str] = ()):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
+        # Several objectives: [(metric, direction), ...], the first being `metric`; each trial's values are read
+        # from its stored metrics and cost (`TrialRecord.measure`), so executors return the first value only.
+        self.objectives = list(objectives) if objectives else [(metric, direction)]
+        metric, direction = self.objectives[0]
+        self.limits = [parse_condition(c) for c in constraints]
         self.metric, self.direction, self.strategy = metric, direction, strategy
         self.baseline = dict(baseline) if baseline is not None else None
         self.storage_url = storage
@@ -195,21 +206,25 @@ class Study:
         sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource,
                                  prior=self.space.clip_to_space(self.baseline) if self.baseline else None,
                                  warm_start=parse_sources(warm_start))
-        if study_name in existing and existing[study_name].direction.name.lower() != direction:
-            raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to "
-                              f"{existing[study_name].direction.name.lower()} and this run asks to {direction}; "
-                              "use another study_name or the same objective")
+        directions = [d for _, d in self.objectives]
         if study_name in existing:
+            was = [d.name.lower() for d in existing[study_name].directions]
+            if was != directions:
+                raise ConfigError(f"study {study_name!r} in {mask_url(storage)} was created to {' and '.join(was)} "
+                                  f"and this run asks to {' and '.join(directions)}; use another study_name or the "
+                                  "same objective")
             self._check_space_continues(storage_obj, study_name)
-        optuna.create_study(storage=storage_obj, study_name=study_name, direction=direction, load_if_exists=True)
+        optuna.create_study(storage=storage_obj, study_name=study_name, directions=directions, load_if_exists=True)
         self.optuna = SharedStudy(study_name, storage_obj, sampler=sampler, pruner=pruner_obj)
-        stored_metric = self.optuna.user_attrs.get(records.STUDY_METRIC)
-        if stored_metric is None:
+        stored = records.StudyRecord(self.optuna)
+        if self.optuna.user_attrs.get(records.STUDY_METRIC) is None:
             self.optuna.set_user_attr(records.STUDY_METRIC, metric)
             self.optuna.set_user_attr(records.STUDY_STRATEGY, strategy)
-        elif stored_metric != metric:
-            raise ConfigError(f"study {study_name!r} optimises {stored_metric!r}, this run asks for {metric!r}; "
-                              "use another study_name or the same objective.metric")
+            if len(self.objectives) > 1:
+                self.optuna.set_user_attr(records.OBJECTIVES, [{"name": n, "direction": d} for n, d in self.objectives])
+        elif [n for n, _ in stored.objectives] != [n for n, _ in self.objectives]:
+            raise ConfigError(f"study {study_name!r} optimises {_names(stored.objectives)}, this run asks for "
+                              f"{_names(self.objectives)}; use another study_name or the same objective")
 
     @property
     def name(self) -> str:
@@ -291,8 +306,14 @@ class Study:
         params.update(trial.user_attrs.get(records.OVERRIDES) or {})  # set by whoever enqueued the trial
         ctx = TrialContext(trial, params, self.metric, is_baseline)
         try:
-            with interrupts.interruptible():
-                return (execute or evaluate)(objective, ctx)
+            try:
+                with interrupts.interruptible():
+                    value = (execute or evaluate)(objective, ctx)
+            except optuna.TrialPruned:
+                self._set_constraints(trial, pruned=True)  # what it measured before it stopped informs samplers too
+                raise
+            self._set_constraints(trial)
+            return self._values(trial, value)
         except KeyboardInterrupt:  # Optuna then marks it failed
             self.requeue_interrupted(trial)
             raise
@@ -302,6 +323,28 @@ class Study:
                 self.optuna.stop()
                 self.requeue(frozen, records.TrialRecord(frozen).fail_reason)  # to run once the setup is fixed
             raise
+
+    def _set_constraints(self, trial: optuna.Trial, pruned: bool = False) -> None:
+        """Record each objective.constraints limit as an Optuna constraint value (<= 0: it holds)."""
+        if self.limits:
+            stored = self._stored(trial)
+            for limit in self.limits:
+                value = _measured(trial, stored, limit.metric, "" if pruned else f"objective.constraints "
+                                                                                   f"{limit.text!r}")
+                if value is not None:
+                    trial.set_constraint(limit.text, limit.violation(value))
+
+    def _values(self, trial: optuna.Trial, first: float) -> float | tuple[float, ...]:
+        """What Optuna is told: the objective value, or one value per objective."""
+        if len(self.objectives) == 1:
+            return first
+        stored = self._stored(trial)
+        return (first, *(float(_measured(trial, stored, name, f"objective.metrics {name!r}"))  # type: ignore[arg-type]
+                         for name, _ in self.objectives[1:]))
+
+    def _stored(self, trial: optuna.Trial) -> records.TrialRecord:
+        """What the trial stored, wherever it ran (an executor's process writes to the same storage)."""
+        return records.TrialRecord(self.optuna._storage.get_trial(trial._trial_id))
 
     def requeue_interrupted(self, trial: optuna.Trial) -> str:
         """Queue a trial that Ctrl-C (or SIGINT) cut short to run again; the reason it records."""
@@ -332,14 +375,33 @@ class Study:
 
     @property
     def best_trial(self) -> FrozenTrial:
-        try:
-            return self.optuna.best_trial
-        except ValueError:
-            raise ConfigError(f"study {self.name!r} has no completed trial yet") from None
+        """The best feasible trial (several objectives: the Pareto point best on the first)."""
+        best = best_trial(self.optuna)
+        if best is None:
+            raise ConfigError(f"study {self.name!r} has no feasible completed trial yet")
+        return best
 
     @property
     def baseline_trial(self) -> FrozenTrial | None:
         return baseline_trial(self.trials)
+
+
+def _measured(trial: optuna.Trial, stored: records.TrialRecord, name: str, needed_by: str) -> float | None:
+    """A metric the trial measured; a study whose trials do not measure what `needed_by` needs is broken."""
+    value = stored.measure(name)
+    if value is None and needed_by:
+        reason = (f"{needed_by} needs the metric {name!r}, which the trial did not measure; the objective must "
+                  "return it (or the trainer record it) in the trial's metrics or cost")
+        trial.set_user_attr(records.FAIL_REASON, f"ConfigError: {reason}")
+        trial.set_user_attr(records.SETUP_FAILURE, True)
+        raise ConfigError(reason)
+    return value
+
+
+def _names(objectives: Sequence[tuple[str, Any]]) -> str:
+    """'loss', or ['acc', 'flops'] for several objectives."""
+    names = [n for n, _ in objectives]
+    return repr(names[0]) if len(names) == 1 else repr(names)
 
 
 def _describe(dist: optuna.distributions.BaseDistribution) -> str:
@@ -349,10 +411,12 @@ def _describe(dist: optuna.distributions.BaseDistribution) -> str:
     return f"a{' log-scale' if dist.log else ''} {kind} range"  # type: ignore[attr-defined]
 
 
-def default_startup_trials(n_trials: int | None) -> int:
+def default_startup_trials(n_trials: int | None, multi_objective: bool = False) -> int:
     """Random trials before TPE/GP model the space: 5, chosen on LCBench (BENCHMARKS.md, B2 sweep: 5 beat 10
-    by 1.4 points of regret at 10 FTE and tied at 30), capped at a third of a small budget."""
-    return 5 if n_trials is None else max(2, min(5, n_trials // 3))
+    by 1.4 points of regret at 10 FTE and tied at 30), capped at a third of a small budget; 3 with several
+    objectives (B8: gp with 3 beat 5 at every budget on the development seeds)."""
+    most = 3 if multi_objective else 5
+    return most if n_trials is None else max(2, min(most, n_trials // 3))
 
 
 def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
@@ -361,9 +425,10 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
     return Study(
         cfg.study_name, cfg.storage, space=sc.space, strategy=sc.strategy, metric=cfg.objective.metric,
         direction=cfg.objective.direction or "maximize", seed=sc.seed, worker=worker,
+        objectives=[(o.name, o.direction) for o in cfg.objective.objectives], constraints=cfg.objective.constraints,
         heartbeat_interval=ex.heartbeat_interval, grace_period=ex.grace_period,
         n_startup_trials=sc.n_startup_trials if sc.n_startup_trials is not None
-        else default_startup_trials(sc.n_trials),
+        else default_startup_trials(sc.n_trials, cfg.objective.multi_objective),
         baseline=cfg.train.model_dump() if sc.baseline else None,
         pruner=sc.pruner, min_resource=sc.min_resource, reduction_factor=sc.reduction_factor,
         warm_start=[w if isinstance(w, str) else w.model_dump() for w in sc.warm_start],

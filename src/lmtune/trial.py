@@ -61,7 +61,12 @@ class FineTuneObjective:
         if train_cfg.output_dir:
             trainer.save(train_cfg.output_dir, result)
         value = result.metrics[cfg.objective.metric]
-        if not ctx.pruned and _beats_study_best(ctx.trial.study, value, cfg.objective.metric):
+        # One model is kept: the best feasible one. A multi-objective study has no single best until a point is
+        # picked (`lmtune best --pick`), so it keeps none; `lmtune train best.yaml` trains the picked point.
+        measured = {**result.cost(), **result.final_metrics}
+        feasible = all(c.holds(measured.get(c.metric)) for c in cfg.objective.limits)
+        if not ctx.pruned and feasible and not cfg.objective.multi_objective and \
+                _beats_study_best(ctx.trial.study, value, cfg.objective.metric):
             keep_best_model(ctx.trial.study, trainer, result, ctx.number, run_dir(cfg) / "best-model",
                             cfg.objective.metric)
         return result.final_metrics

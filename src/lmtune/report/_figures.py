@@ -19,9 +19,10 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
+from lmtune import results
 from lmtune.records import StudyRecord, TrialRecord
 from lmtune.results import best_trial, ranked_trials, trial_curve, trial_status
-from lmtune.train.metrics import METRICS, is_plotted
+from lmtune.train.metrics import METRICS, cost_metrics, is_plotted, shown_metrics
 
 _STATE_STYLE = {  # how a trial's learning curve ends: (line dash, end marker)
     "complete": ("solid", "circle"),
@@ -59,11 +60,16 @@ def _style(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
 
 
 # ------------------------------------------------------------------------------------------------ Optuna's plots
+def _target(study: optuna.Study) -> Callable[[FrozenTrial], float] | None:
+    """What Optuna's plots show: the objective; a multi-objective study's first (Optuna asks which one)."""
+    return (lambda t: t.values[0]) if StudyRecord(study).multi_objective else None
+
+
 def history(study: optuna.Study) -> Plot:
     metric, title = StudyRecord(study).metric, "Optimization history"
     if not ranked_trials(study):
         return Plot("history", title, None, "No completed trial yet.")
-    fig = _quiet(optuna.visualization.plot_optimization_history, study, target_name=metric)
+    fig = _quiet(optuna.visualization.plot_optimization_history, study, target=_target(study), target_name=metric)
     return Plot("history", title, _style(fig, f"{title}: {metric} per trial and best so far"))
 
 
@@ -72,7 +78,7 @@ def parallel(study: optuna.Study) -> Plot:
     done = ranked_trials(study)
     if not done or not any(t.params for t in done):
         return Plot("parallel", title, None, "Needs a completed trial with searched parameters.")
-    fig = _quiet(optuna.visualization.plot_parallel_coordinate, study, target_name=metric)
+    fig = _quiet(optuna.visualization.plot_parallel_coordinate, study, target=_target(study), target_name=metric)
     return Plot("parallel", title, _style(fig, f"{title}: completed trials, coloured by {metric}"))
 
 
@@ -101,9 +107,10 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], Plot]:
         params = (sorted(set.intersection(*searched) & varying) or None) if searched else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params,
+                                                             target=_target(study))
         fig = _quiet(optuna.visualization.plot_param_importances, study, evaluator=evaluator, params=params,
-                     target_name=metric)
+                     target=_target(study), target_name=metric)
     except Exception as e:  # Optuna raises several types for degenerate studies; the report goes on
         return {}, Plot("importance", title, None, f"Parameter importance could not be computed: {e}")
     values = {k: float(v) for k, v in values.items() if math.isfinite(v)}
@@ -114,7 +121,7 @@ def slices(study: optuna.Study, params: list[str]) -> Plot:
     metric, title = StudyRecord(study).metric, "Slice plots"
     if not ranked_trials(study) or not params:
         return Plot("slices", title, None, "Needs a completed trial with searched parameters.")
-    fig = _quiet(optuna.visualization.plot_slice, study, params=params, target_name=metric)
+    fig = _quiet(optuna.visualization.plot_slice, study, params=params, target=_target(study), target_name=metric)
     fig = _style(fig, f"{title}: {metric} against {', '.join(params)}", height=420)
     fig.update_layout(width=None)
     return Plot("slices", title, fig)
@@ -182,6 +189,8 @@ def pareto_front(points: list[tuple[float, float, Any]], maximize: bool) -> list
 
 def quality_vs_cost(study: optuna.Study) -> Plot:
     """Each finished trial's quality against what it cost, with the Pareto front of the completed ones."""
+    if StudyRecord(study).multi_objective:
+        return objectives_plot(study)
     metric, title = StudyRecord(study).metric, "Quality vs cost"
     maximize = StudyRecord(study).maximize
     rows = []
@@ -215,6 +224,58 @@ def quality_vs_cost(study: optuna.Study) -> Plot:
                       xaxis_title=_COSTS[0][0], yaxis_title=f"{metric} ({'higher' if maximize else 'lower'} is better)")
     return Plot("pareto", title, _style(fig, f"{title}: {metric} against cost, Pareto front of completed trials",
                                         height=480))
+
+
+def objectives_plot(study: optuna.Study) -> Plot:
+    """A multi-objective study's trials on any two of its objectives and cost metrics (menus pick x and y), with
+    the Pareto front of every objective, the baseline, the picked point and the infeasible trials marked."""
+    stored, title = StudyRecord(study), "Quality vs cost"
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not done:
+        return Plot("pareto", title, None, "No completed trial yet.")
+    objectives = [n for n, _ in stored.objectives]
+    axes = [a for a in dict.fromkeys((*objectives, *cost_metrics(), *shown_metrics()))
+            if all(TrialRecord(t).measure(a) is not None for t in done)]
+    front = {t.number for t in results.pareto_front(study)}
+    picked = (stored.picked or {}).get("trial")
+    groups = [("feasible", [t for t in done if TrialRecord(t).feasible and t.number not in front],
+               {"size": 9, "symbol": "circle", "color": "steelblue"}),
+              ("infeasible (breaks a constraint)", [t for t in done if not TrialRecord(t).feasible],
+               {"size": 9, "symbol": "x", "color": "grey"}),
+              ("Pareto front", [t for t in done if t.number in front],
+               {"size": 13, "symbol": "circle", "color": "crimson"}),
+              ("baseline", [t for t in done if TrialRecord(t).is_baseline],
+               {"size": 18, "symbol": "star-open", "color": "black", "line": {"width": 2}}),
+              ("picked", [t for t in done if t.number == picked],
+               {"size": 22, "symbol": "diamond-open", "color": "green", "line": {"width": 3}})]
+    groups = [g for g in groups if g[1]]
+    x0, y0 = (objectives[1] if len(objectives) > 1 else axes[0]), objectives[0]
+
+    def coords(axis: str) -> list[list[float | None]]:
+        return [[TrialRecord(t).measure(axis) for t in trials] for _, trials, _ in groups]
+
+    fig = go.Figure()
+    for (name, trials, marker), xs, ys in zip(groups, coords(x0), coords(y0), strict=True):
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers", name=name, marker=marker, text=[_label(t) for t in trials],
+            hovertemplate="%{text}<br>x %{x:.4g}<br>y %{y:.4g}<extra>" + name + "</extra>"))
+
+    def menu(axis_key: str, x: float, label: str) -> dict[str, Any]:
+        return {"buttons": [{"label": f"{label}: {a}", "method": "update",
+                             "args": [{axis_key: coords(a)}, {f"{axis_key}axis.title.text": _axis_title(a)}]}
+                            for a in axes],
+                "x": x, "xanchor": "left", "y": 1.14, "yanchor": "top", "direction": "down",
+                "active": axes.index(x0 if axis_key == "x" else y0)}
+
+    fig.update_layout(updatemenus=[menu("x", 0.0, "x"), menu("y", 0.45, "y")],
+                      xaxis_title=_axis_title(x0), yaxis_title=_axis_title(y0))
+    return Plot("pareto", title, _style(fig, f"{title}: {' vs '.join(objectives)}; the front joins the feasible "
+                                             "trials no other beats on every objective", height=520))
+
+
+def _axis_title(metric: str) -> str:
+    better = "higher" if metric in METRICS and METRICS[metric].maximize else "lower"
+    return f"{metric} ({better} is better)"
 
 
 # ------------------------------------------------------------------------------------------------ PBT

@@ -17,6 +17,7 @@ from lmtune.strategies._warm_start import Source, WarmStartSampler
 STRATEGIES: tuple[str, ...] = get_args(SamplerName)
 _ABSENT = object()
 AUTO_RANDOM_FRACTION = 0.0  # share of uniformly random trials in auto (B2, BENCHMARKS.md)
+NSGA2_POPULATION = 5  # nsga2's generation size when n_startup_trials is 0
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -70,7 +71,10 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
     - ``tpe``: multivariate, grouped TPE (Bergstra et al. 2011; Falkner et al. 2018), which models
       conditional parameters per group instead of ignoring them.
     - ``gp``: :class:`optuna.samplers.GPSampler`, Gaussian-process Bayesian optimisation (best for small,
-      continuous spaces and small budgets).
+      continuous spaces and small budgets); with several objectives it maximises expected hypervolume improvement.
+    - ``nsga2``: :class:`optuna.samplers.NSGAIISampler` (Deb et al. 2002), the evolutionary multi-objective
+      search, with a generation of `n_startup_trials` trials. ``tpe`` with several objectives is MOTPE
+      (Ozaki et al. 2020). Constraints (`trial.set_constraint`) inform tpe, gp and nsga2.
     - ``auto``: the ``tpe`` sampler modelling pruned trials at their extrapolated final values
       (`CurveSampler`); `max_resource` is the step where training ends (None: where most trials end). Given
       `prior` (the baseline's parameters), some proposals come from around it and around the incumbent
@@ -106,4 +110,7 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
             return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+        if strategy == "nsga2":
+            # Optuna's default population (50) is 50 random trials: a small study would never evolve.
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, startup or NSGA2_POPULATION))
     raise ConfigError(f"search.strategy: unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")

@@ -51,6 +51,7 @@ class Metric:
     plotted: bool = True  # a curve of the report (time and throughput are cost, not quality)
     per_answer: Callable[[str, str], float] | None = None  # (prediction, reference) -> score, averaged
     label: str = ""  # its row in the comparison table; default "validation <name>"
+    cost: bool = False  # what a run spends (time, compute, memory, size): an axis of the report's trade-off plot
 
     @property
     def row_label(self) -> str:
@@ -72,10 +73,18 @@ register(Metric("exact_match", maximize=True, on_test=True, shown=True, per_answ
 register(Metric("token_f1", maximize=True, on_test=True, shown=True, per_answer=token_f1))
 register(Metric("eval_loss", maximize=False, on_test=True, shown=True))
 register(Metric("perplexity", maximize=False, on_test=True, shown=True))
-register(Metric("tokens_per_second", maximize=True, shown=True, plotted=False, label="training tokens/s"))
+register(Metric("tokens_per_second", maximize=True, shown=True, plotted=False, label="training tokens/s",
+                cost=True))
 register(Metric("train_loss", maximize=False))
-register(Metric("train_seconds", maximize=False, plotted=False))
+register(Metric("train_seconds", maximize=False, plotted=False, cost=True))
 register(Metric("elapsed_seconds", maximize=False, plotted=False))
+# Cost as objectives and constraints. `fte` is the trial's share of its own planned run (1 unless cut short);
+# `flops` is 6 x parameters x training tokens; `peak_memory_bytes` is CUDA's max allocated, or on CPU the
+# process's peak resident memory (`lmtune.train.memory`).
+register(Metric("fte", maximize=False, plotted=False, cost=True))
+register(Metric("flops", maximize=False, plotted=False, cost=True, label="training FLOPs"))
+register(Metric("trainable_params", maximize=False, plotted=False, cost=True))
+register(Metric("peak_memory_bytes", maximize=False, plotted=False, cost=True, label="peak memory (bytes)"))
 
 
 def answer_metrics() -> list[Metric]:
@@ -89,6 +98,10 @@ def metrics_on_test() -> list[str]:
 
 def shown_metrics() -> list[str]:
     return [m.name for m in METRICS.values() if m.shown]
+
+
+def cost_metrics() -> list[str]:
+    return [m.name for m in METRICS.values() if m.cost]
 
 
 def is_plotted(key: str) -> bool:

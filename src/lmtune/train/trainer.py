@@ -35,6 +35,7 @@ from lmtune.train.data import (
     pack,
     to_example,
 )
+from lmtune.train.memory import peak_memory_bytes, reset_peak_memory
 from lmtune.train.metrics import answer_metrics, exact_match, perplexity
 from lmtune.train.model import (
     check_model,
@@ -151,6 +152,7 @@ class Trainer:
         if cfg.torch_num_threads:
             torch.set_num_threads(cfg.torch_num_threads)
         self._setup_device()
+        reset_peak_memory(self.device)  # the run's peak: its model, optimizer state, batches and evaluation
         self.tokenizer = self.tokenizer or load_tokenizer(self.model_cfg)
         self.prepared = self.prepared or PreparedData.build(self.data_cfg, self.tokenizer)
         torch.manual_seed(cfg.seed)  # after loading, so LoRA init and dropout depend on the seed alone
@@ -255,7 +257,9 @@ class Trainer:
             metrics.update(step=step, train_loss=self._loss_sum_since_eval / self._steps_since_eval,
                            train_seconds=result.train_seconds,
                            tokens_per_second=result.tokens / max(result.train_seconds, 1e-9),
-                           elapsed_seconds=result.wall_seconds + time.perf_counter() - start)
+                           elapsed_seconds=result.wall_seconds + time.perf_counter() - start,
+                           flops=result.flops, fte=step / self.total_steps, trainable_params=float(self.n_trainable),
+                           peak_memory_bytes=peak_memory_bytes(self.device))
             self._loss_sum_since_eval, self._steps_since_eval = 0.0, 0
             result.history.append(metrics)
             result.metrics = metrics

@@ -84,6 +84,10 @@ def test_too_few_rungs_fall_back_with_a_reason():
     assert rule.laws["learning_rate"].usable and not rule.laws["batch_size"].usable
     assert "batch_size needs an optimum on at least 2 rungs; 0 had one" in rule.reason
     assert set(rule.predict(1e9, 1e11)) == {"learning_rate"}
+    # Two learning rates on a rung say which is better, not where the optimum is: that rung places none.
+    two = [r for r in rows if r["n_tokens"] == SIZES[0][1]][:2]
+    assert rung_optimum(*SIZES[0], {"learning_rate": np.array([r["learning_rate"] for r in two])},
+                        np.array([r["loss"] for r in two])).log_opt == {}
     # Rungs that only change the data size give a law in tokens alone.
     law = rule.laws["learning_rate"]
     assert law.regressors == ("n_tokens",) and law.exponent("n_params") is None

@@ -14,7 +14,8 @@ A record is a mapping (or an object with attributes) with ``n_params``, ``n_toke
    its vertex is the rung's optimum, and the delta method on the quadratic's coefficients gives its standard
    error. Using the neighbours of the best, not the best alone, is what makes a rung of a few noisy trials
    informative. Where the losses are not convex around the best, the best trial stands in, with an error of
-   the spacing to its neighbours.
+   the spacing to its neighbours (or the spread of the trials about as good). A rung needs 3 distinct values
+   of a hyperparameter to place its optimum: the better of two does not say where the optimum lies.
 2. Across rungs, weighted least squares of ln(optimum) on (1, ln N, ln D) with weights 1/se^2; the parameter
    errors are scaled up by the reduced chi^2 when it exceeds 1 (the Birge ratio), so rungs that disagree more
    than their own errors say widen the prediction. A size that takes one value on every rung drops out of the
@@ -60,8 +61,9 @@ def rung_optimum(n_params: float, n_tokens: float, hps: dict[str, np.ndarray], l
     ok = np.isfinite(loss) & np.all([np.isfinite(v) & (v > 0) for v in hps.values()], axis=0)
     loss = loss[ok]
     logs = {h: np.log(v[ok]) for h, v in hps.items()}
-    varied = [h for h, v in logs.items() if len(np.unique(v)) >= 2]
-    if not varied or np.ptp(loss) == 0:  # nothing varied, or nothing it changed: no optimum to read
+    # Two values bracket nothing: the better of two says which side is better, not where the optimum is.
+    varied = [h for h, v in logs.items() if len(np.unique(v)) >= 3]
+    if not varied or np.ptp(loss) == 0:  # nothing varied enough, or nothing it changed: no optimum to read
         return RungOptimum(n_params, n_tokens, len(loss), {}, {}, "best trial")
     best = int(np.argmin(loss))
     opt = {h: float(logs[h][best]) for h in varied}
@@ -69,7 +71,7 @@ def rung_optimum(n_params: float, n_tokens: float, hps: dict[str, np.ndarray], l
     # range), at least the spacing to its neighbours; a flat or tied rung thus counts for little.
     close = loss <= loss[best] + 0.1 * np.ptp(loss)
     se = {h: max(_spacing(logs[h], logs[h][best]), float(np.std(logs[h][close]))) for h in varied}
-    curved = [h for h in varied if len(np.unique(logs[h])) >= 3]  # a quadratic needs 3 distinct values
+    curved = varied
     # Jointly where it can (the learning rate's optimum moves with the batch size), else one at a time.
     attempts = [curved] + ([[h] for h in curved] if len(curved) > 1 else [])
     method = "best trial"
@@ -196,7 +198,7 @@ def fit_law(name: str, optima: list[RungOptimum]) -> Law:
     rungs = [r for r in optima if name in r.log_opt]
     if len(rungs) < 2:
         return Law(name, False, f"{name} needs an optimum on at least 2 rungs; {len(rungs)} had one "
-                   "(a rung needs at least 2 distinct values of it among its finished trials)", n_rungs=len(rungs))
+                   "(a rung needs at least 3 distinct values of it among its finished trials)", n_rungs=len(rungs))
     logs = {s: np.log([getattr(r, s) for r in rungs]) for s in SIZES}
     regressors = [s for s in SIZES if np.ptp(logs[s]) > 1e-9]
     notes: list[str] = []

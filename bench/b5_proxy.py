@@ -17,6 +17,10 @@ Variants (each with search seeds `--seeds`):
 - ``proxy-none``: the same stage 1 (the same proxy study, `stages.proxy.study_name`), learning rate carried
   over unchanged: the ablation of the transfer rule.
 - ``proxy-loss`` (not in the default list): like proxy-width, but the proxy optimises eval_loss.
+- ``ladder-width`` / ``ladder-depth`` (not in the default list): a ladder of proxies (`stages.proxies`) and the
+  fitted transfer (`transfer.learning_rate: fit`), then the prediction alone re-run on the target (top_k 1, no
+  baseline): by width, 4 layers of hidden 16 / 32 / 64 (fresh inits); by depth, the target's first 1 / 2 layers;
+  rungs at `--width-steps` / `--depth-steps` of the steps. `--rung-metric` picks the rungs' objective.
 
     .venv/bin/python bench/b5_proxy.py                     # every variant, seeds 0,1,2; prints the table
 """
@@ -63,6 +67,11 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[st
     cfg = base(args, f"b5-{variant}-s{seed}", db)
     cfg["search"]["seed"] = seed
     if variant != "direct":
+        if variant.startswith("ladder-"):
+            cfg["search"]["baseline"] = False
+            cfg["stages"] = {"proxies": LADDERS[variant](args, seed),
+                             "transfer": {"top_k": 1, "learning_rate": "fit"}}
+            return cfg
         cfg["stages"] = {
             "proxy": {"model": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 192,
                                 "num_attention_heads": 2},
@@ -71,6 +80,23 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[st
                       **({"metric": "eval_loss"} if variant == "proxy-loss" else {})},
             "transfer": {"top_k": 3, "learning_rate": "none" if variant == "proxy-none" else "width"}}
     return cfg
+
+
+def _rungs(args: argparse.Namespace, seed: int, name: str, models: list[dict[str, int]],
+           trials: list[int], steps: float) -> list[dict[str, Any]]:
+    return [{"model": m, "steps_fraction": steps, "n_trials": n, "metric": args.rung_metric,
+             "study_name": f"b5-{name}-{args.rung_metric}-{k}-s{seed}", **({"narrow": 3.0} if k else {})}
+            for k, (m, n) in enumerate(zip(models, trials, strict=True))]
+
+
+LADDERS = {
+    "ladder-width": lambda args, seed: _rungs(args, seed, "width", [
+        {"hidden_size": h, "intermediate_size": 3 * h, "num_attention_heads": 2} for h in (16, 32, 64)],
+        [int(n) for n in args.width_trials.split(",")], args.width_steps),
+    "ladder-depth": lambda args, seed: _rungs(args, seed, "depth", [
+        {"num_hidden_layers": n} for n in (1, 2)], [int(n) for n in args.depth_trials.split(",")],
+        args.depth_steps),
+}
 
 
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -94,12 +120,19 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
         best = max(done, key=lambda t: t.value)
         from lmtune.results import load_study
 
-        proxy = load_study(cfg["storage"], info["proxy_study"])
+        names = [r["study"] for r in info.get("rungs", [])] or [info["proxy_study"]]
+        proxies = [load_study(cfg["storage"], n) for n in names]
         # counted in full by both sharing variants
-        proxy_flops = sum(TrialRecord(t).cost["flops"] for t in proxy.trials)
+        proxy_flops = sum(TrialRecord(t).cost["flops"] for p in proxies for t in p.trials)
         out["final"] = {"fte": proxy_flops / full_flops + len(done), "proxy_fte_target": proxy_flops / full_flops,
                         "config": best.params, "search_value": best.value,
-                        "proxy_best": max(t.value for t in proxy.trials if t.value is not None)}
+                        "proxy_best": [p.best_value for p in proxies]}
+        fit = study.optuna.user_attrs.get("transfer_fit")
+        if fit:
+            out["final"]["fit"] = {h: {k: v for k, v in p.items()} for h, p in fit["prediction"].items()}
+            from lmtune.results import transfer_fit_lines
+
+            out["final"]["fit_lines"] = transfer_fit_lines(study.optuna)
     return out
 
 
@@ -130,7 +163,9 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
                                             f"direct TPE, {args.direct_trials} trials"),
                                            ("proxy-width", "final", "proxy → target, LR × width ratio"),
                                            ("proxy-none", "final", "proxy → target, LR carried over"),
-                                           ("proxy-loss", "final", "proxy (eval_loss) → target, LR × width")]
+                                           ("proxy-loss", "final", "proxy (eval_loss) → target, LR × width"),
+                                           ("ladder-width", "final", "ladder by width, fitted LR → target"),
+                                           ("ladder-depth", "final", "ladder by depth, fitted LR → target")]
     for variant, point, label in entries:
         runs = [results["runs"].get(f"{variant}-s{s}") for s in args.seeds]
         if any(r is None for r in runs):
@@ -155,6 +190,11 @@ def main() -> None:
     p.add_argument("--direct-trials", type=int, default=8)
     p.add_argument("--proxy-trials", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--width-steps", type=float, default=0.4, help="steps_fraction of the width ladder's rungs")
+    p.add_argument("--depth-steps", type=float, default=0.2, help="steps_fraction of the depth ladder's rungs")
+    p.add_argument("--width-trials", default="10,6,3", help="trials of the width ladder's rungs (16, 32, 64)")
+    p.add_argument("--depth-trials", default="5,3", help="trials of the depth ladder's rungs (1, 2 layers)")
+    p.add_argument("--rung-metric", default="exact_match", choices=["exact_match", "eval_loss"])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b5"))
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

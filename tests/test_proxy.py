@@ -11,7 +11,7 @@ from lmtune import tune
 from lmtune.config import ParamSpec, TransferConfig, validate_config
 from lmtune.errors import ConfigError
 from lmtune.proxy import narrowed_space, proxy_config, transfer
-from lmtune.results import load_study
+from lmtune.results import load_study, ranked_trials
 from lmtune.train.model import resolve_path
 
 
@@ -132,3 +132,96 @@ def test_stages_config_errors(tmp_path):
         validate_config(small_config(tmp_path, stages={"proxy": {"study_name": "test"}}))
     with pytest.raises(ConfigError, match="stages.transfer.learning_rate"):
         validate_config(small_config(tmp_path, stages={"transfer": {"learning_rate": "depth"}}))
+
+
+def _ladder_config(tmp_path, study_name="test", **transfer):
+    return small_config(
+        tmp_path, study_name=study_name, train={"max_steps": 12, "eval_steps": 6},
+        search={"strategy": "random", "n_trials": 3, "seed": 0,
+                "space": {"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+                          "gradient_accumulation_steps": {"low": 1, "high": 3}}},
+        stages={"proxies": [
+            {"model": {"hidden_size": 16, "intermediate_size": 48}, "steps_fraction": 0.5, "n_trials": 5,
+             "study_name": "ladder-1"},
+            {"model": {"hidden_size": 32, "intermediate_size": 96}, "steps_fraction": 0.5, "n_trials": 4,
+             "study_name": "ladder-2", "narrow": 3.0}],
+            "transfer": {"top_k": 2, "learning_rate": "fit", "batch_size": "fit", **transfer}})
+
+
+def test_a_ladder_resumes_its_interrupted_second_rung_then_fits_and_transfers(tmp_path):
+    from lmtune.report import build_report
+    from lmtune.results import transfer_fit_lines
+
+    cfg = _ladder_config(tmp_path)
+
+    def interrupt_rung_2(study, trial):
+        if study.study_name == "ladder-2":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, callbacks=[interrupt_rung_2])
+    rung1 = load_study(cfg["storage"], "ladder-1")
+    first = [(t.number, t.value, t.datetime_complete) for t in rung1.trials]
+    assert len(first) == 5 and len(load_study(cfg["storage"], "ladder-2").trials) == 1
+    study = tune(cfg)
+    # The first rung was kept as it was; the second went on to its 4 trials; then the target ran.
+    assert [(t.number, t.value, t.datetime_complete) for t in load_study(cfg["storage"], "ladder-1").trials] == first
+    rung2 = load_study(cfg["storage"], "ladder-2")
+    assert sum(t.state.name == "COMPLETE" for t in rung2.trials) == 4
+    # narrow: rung 2 searched within 3x of rung 1's best learning rate moved by the width rule (16/32).
+    best1 = next(t for t in ranked_trials(rung1) if not t.user_attrs.get("baseline"))
+    centre = best1.params["learning_rate"] * 0.5
+    for t in rung2.trials:
+        if not t.user_attrs.get("baseline"):
+            assert centre / 3 * 0.999 <= t.params["learning_rate"] <= centre * 3 * 1.001
+    fit = study.optuna.user_attrs["transfer_fit"]
+    assert [s["study"] for s in fit["stages"]] == ["ladder-1", "ladder-2"]
+    assert fit["stages"][0]["n_params"] < fit["stages"][1]["n_params"] < fit["target"]["n_params"]
+    moved = sorted((t for t in study.trials if "transferred_from" in t.user_attrs), key=lambda t: t.number)
+    assert len(moved) == 2 and study.trials[0].user_attrs.get("baseline")
+    lr = fit["prediction"]["learning_rate"]
+    if lr["used"]:  # the best of rung 2 starts from the prediction itself
+        assert moved[0].params["learning_rate"] == pytest.approx(lr["value"])
+    else:
+        assert lr["fallback"]
+    info = study.optuna.user_attrs["stages"]
+    assert [r["study"] for r in info["rungs"]] == ["ladder-1", "ladder-2"] and info["proxy_trials"] == 9
+    lines = transfer_fit_lines(study.optuna)
+    assert len(lines) == 2 and lines[0].startswith("learning_rate")
+    html = build_report(study, tmp_path / "report.html").read_text()
+    assert "Scaling-law transfer" in html and 'id="plot-transfer-fit"' in html
+    # Resuming does nothing more anywhere.
+    tune(cfg)
+    assert len(load_study(cfg["storage"], "test").trials) == len(study.trials)
+    assert len(load_study(cfg["storage"], "ladder-2").trials) == len(rung2.trials)
+
+
+def test_a_fit_too_uncertain_to_use_falls_back_to_the_fixed_rules_and_says_so(tmp_path):
+    cfg = _ladder_config(tmp_path, "guarded", max_uncertainty=1.0001)
+    study = tune(cfg)
+    pred = study.optuna.user_attrs["transfer_fit"]["prediction"]
+    for name in ("learning_rate", "batch_size"):
+        assert not pred[name]["used"] and pred[name]["fallback"], pred
+    best2 = next(t for t in ranked_trials(load_study(cfg["storage"], "ladder-2"))
+                 if not t.user_attrs.get("baseline"))
+    first = min((t for t in study.trials if "transferred_from" in t.user_attrs), key=lambda t: t.number)
+    assert first.user_attrs["transferred_from"] == best2.number
+    assert first.params["learning_rate"] == pytest.approx(best2.params["learning_rate"] * 32 / 64)  # width
+    assert first.params["gradient_accumulation_steps"] == best2.params["gradient_accumulation_steps"]  # none
+
+
+def test_ladder_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="fit needs a ladder"):
+        validate_config(small_config(tmp_path, stages={"transfer": {"learning_rate": "fit"}}))
+    rung = {"n_trials": 2}
+    with pytest.raises(ConfigError, match="stages.proxies"):
+        validate_config(small_config(tmp_path, stages={"proxies": [rung]}))  # one rung is no ladder
+    with pytest.raises(ConfigError, match="either proxy"):
+        validate_config(small_config(tmp_path, stages={"proxy": rung, "proxies": [rung, rung]}))
+    with pytest.raises(ConfigError, match="first rung"):
+        validate_config(small_config(tmp_path, stages={"proxies": [{"narrow": 2.0}, rung]}))
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps or per_device_train_batch_size"):
+        validate_config(small_config(tmp_path, stages={"proxies": [rung, rung],
+                                                       "transfer": {"batch_size": "fit"}}))
+    names = validate_config(small_config(tmp_path, stages={"proxies": [rung, rung]})).stages.rungs("test")
+    assert [n for n, _ in names] == ["test-proxy-1", "test-proxy-2"]

@@ -552,6 +552,9 @@ class ProxyStageConfig(_Strict):
                                    "proxy study to try other transfer rules without re-tuning the proxy")
     metric: str | None = Field(None, description="the proxy's objective; default objective.metric. eval_loss is "
                                "less noisy than exact_match on short proxy runs")
+    narrow: float | None = Field(None, gt=1, description="a ladder rung after the first searches the learning "
+                                 "rate (and batch size) only within this factor of what the rungs before it "
+                                 "predict for it")
 
     @field_validator("metric")
     @classmethod
@@ -575,11 +578,15 @@ class TransferConfig(_Strict):
     """Stage 2: how the proxy's top configs move to the target."""
 
     top_k: int = Field(3, ge=1)
-    learning_rate: Literal["width", "none"] | float = Field(
-        "width", description="width: x proxy hidden_size / target hidden_size (muP-style); none; or a factor")
-    batch_size: Literal["data", "none"] = Field(
-        "none", description="data: effective batch x target/proxy training rows, via gradient_accumulation_steps")
+    learning_rate: Literal["width", "none", "fit"] | float = Field(
+        "width", description="width: x proxy hidden_size / target hidden_size (muP-style); none; a factor; or fit: "
+        "a power law in parameters and tokens fitted across the rungs of stages.proxies")
+    batch_size: Literal["data", "none", "fit"] = Field(
+        "none", description="data: effective batch x target/proxy training rows, via gradient_accumulation_steps; "
+        "fit: a power law fitted across the rungs of stages.proxies")
     local_search: LocalSearchConfig | None = None
+    max_uncertainty: float = Field(3.0, gt=1, description="fit: a prediction uncertain by more than this factor "
+                                   "(one standard error) falls back to the fixed rule (width / none)")
 
     @field_validator("learning_rate")
     @classmethod
@@ -593,7 +600,31 @@ class StagesConfig(_Strict):
     """Proxy tuning: tune on a small proxy, then re-run the top-k on the target (lmtune.proxy)."""
 
     proxy: ProxyStageConfig = Field(default_factory=ProxyStageConfig)
+    proxies: list[ProxyStageConfig] | None = Field(
+        None, min_length=2, description="a ladder of proxy scales, cheapest first, instead of one proxy; each rung "
+        "is a study <study_name>-proxy-<k> (k from 1)")
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+    def rungs(self, study_name: str) -> list[tuple[str, ProxyStageConfig]]:
+        """Each proxy stage with its study's name, in the order they run: the ladder, or the one proxy."""
+        if self.proxies is None:
+            return [(self.proxy.study_name or f"{study_name}-proxy", self.proxy)]
+        return [(p.study_name or f"{study_name}-proxy-{k}", p) for k, p in enumerate(self.proxies, 1)]
+
+    @model_validator(mode="after")
+    def _ladder(self) -> StagesConfig:
+        if self.proxies is not None and "proxy" in self.model_fields_set:
+            raise ValueError("stages: give either proxy: (one proxy) or proxies: (a ladder), not both")
+        if self.proxies is not None and self.proxies[0].narrow is not None:
+            raise ValueError("stages.proxies.0.narrow: the first rung has no rung before it to predict around; "
+                             "remove narrow there")
+        fitted = [k for k in ("learning_rate", "batch_size") if getattr(self.transfer, k) == "fit"]
+        if fitted and self.proxies is None:
+            raise ValueError(f"stages.transfer.{fitted[0]}: fit needs a ladder of proxy scales to fit across; "
+                             "list them under stages.proxies (at least 2), or use a fixed rule")
+        if self.proxies is None and self.proxy.narrow is not None:
+            raise ValueError("stages.proxy.narrow: only a ladder rung after the first narrows; remove it")
+        return self
 
 
 class ExecutorConfig(_Strict):
@@ -676,11 +707,24 @@ class ExperimentConfig(_Strict):
         if self.stages is not None and self.search.strategy == "pbt":
             raise ValueError("stages: proxy tuning transfers finished configs; population-based training "
                              "changes them during a run. Use another search.strategy, or remove stages")
-        if self.stages is not None and self.stages.proxy.study_name == self.study_name:
-            raise ValueError("stages.proxy.study_name: the proxy study needs a name of its own; it is "
-                             f"{self.study_name!r}, the target study's")
-        if self.stages is not None and self.search.n_trials is None and self.stages.proxy.n_trials is None:
-            raise ValueError("stages.proxy.n_trials: set it (or search.n_trials) so the proxy stage ends")
+        if self.stages is None:
+            return self
+        where = "stages.proxy" if self.stages.proxies is None else "stages.proxies"
+        names = [name for name, _ in self.stages.rungs(self.study_name)]
+        if self.study_name in names or len(set(names)) < len(names):
+            raise ValueError(f"{where}.study_name: each proxy study needs a name of its own; they are {names} "
+                             f"and the target study is {self.study_name!r}")
+        if self.search.n_trials is None and any(p.n_trials is None for _, p in self.stages.rungs(self.study_name)):
+            raise ValueError(f"{where}.n_trials: set it (or search.n_trials) so each proxy stage ends")
+        t = self.stages.transfer
+        if t.learning_rate == "fit" and "learning_rate" not in self.search.space:
+            raise ValueError("stages.transfer.learning_rate: fit needs learning_rate in search.space, to find its "
+                             "optimum on each rung; add it or use a fixed rule")
+        if t.batch_size == "fit" and not {"gradient_accumulation_steps", "per_device_train_batch_size"} & set(
+                self.search.space):
+            raise ValueError("stages.transfer.batch_size: fit needs gradient_accumulation_steps or "
+                             "per_device_train_batch_size in search.space, to find the batch size's optimum on "
+                             "each rung; add one or use batch_size: none / data")
         return self
 
     @model_validator(mode="before")

@@ -122,7 +122,7 @@ def log_trial(console: Console) -> Callable[[optuna.Study, FrozenTrial], None]:
     studies: list[str] = []
 
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
-        if studies[-1:] != [study.study_name]:  # proxy tuning runs two studies, each numbering from 0
+        if studies[-1:] != [study.study_name]:  # proxy tuning runs a study per stage, each numbering from 0
             studies.append(study.study_name)
             console.print(f"study {study.study_name}:", highlight=False)
         m = TrialRecord(trial).metrics

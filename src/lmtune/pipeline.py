@@ -59,14 +59,17 @@ def search(cfg: ExperimentConfig, objective: FineTuneObjective, callbacks: Itera
 
 def run_stages(cfg: ExperimentConfig, objective: FineTuneObjective, callbacks: Iterable[Callback] = (),
                trial_progress: TrialProgress | None = None) -> Study:
-    """Proxy tuning: stage 1 searches the proxy (its own study, tracked under its own name), stage 2 runs the
-    baseline, the transferred top-k and the optional local search on the target. Returns the target study."""
+    """Proxy tuning: stage 1 searches the proxy, or each rung of a ladder in turn (each its own study, tracked
+    under its own name; a finished rung is not run again on resume), stage 2 runs the baseline, the transferred
+    top-k and the optional local search on the target. Returns the target study."""
     callbacks = list(callbacks)
-    stage1 = proxy.plan_proxy(cfg)
-    proxy_study = search(stage1.cfg, FineTuneObjective(stage1.cfg, progress=trial_progress), callbacks)
-    stage2 = proxy.plan_target(cfg, stage1, proxy_study)
+    done: proxy.Done = []
+    for rung in proxy.plan_rungs(cfg):
+        rung = proxy.narrow_rung(cfg, rung, done)
+        done.append((rung, search(rung.cfg, FineTuneObjective(rung.cfg, progress=trial_progress), callbacks)))
+    stage2 = proxy.plan_target(cfg, done)
     run_trials(stage2.cfg, stage2.study, objective, [*callbacks, *create_trackers(cfg)])
-    proxy.record_stages(proxy_study, stage2)
+    proxy.record_stages(done, stage2)
     return stage2.study
 
 

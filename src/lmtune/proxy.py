@@ -22,15 +22,17 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lmtune import records
+from lmtune import transfer as transfer_laws
 from lmtune.config import (
     BudgetConfig,
     ExperimentConfig,
     ObjectiveConfig,
     ParamSpec,
+    ProxyStageConfig,
     StagesConfig,
     TransferConfig,
     run_dir,
@@ -44,19 +46,19 @@ from lmtune.train.model import load_tokenizer, resolve_path
 
 
 # ---------------------------------------------------------------------------------------------------- the proxy
-def build_proxy_model(cfg: ExperimentConfig) -> Path:
+def build_proxy_model(cfg: ExperimentConfig, rung: ProxyStageConfig | None = None) -> Path:
     """The proxy as a `save_pretrained` directory, so stage 1 loads it through the ordinary model path.
 
     Fewer layers only: the target's first N layers with their (pretrained) weights. A narrower model cannot
     keep the target's weights, so it is a fresh seeded init of the reduced config: meaningful for models you
     train from scratch, or tune on a smaller sibling model instead (`name_or_path`).
     """
-    stages = _stages(cfg)
-    source = stages.proxy.model.name_or_path or cfg.model.name_or_path
+    rung = rung or _stages(cfg).proxy
+    source = rung.model.name_or_path or cfg.model.name_or_path
     # A sibling model is its own checkpoint: the target's gguf_file is not looked for in it.
     source_cfg = cfg.model.model_copy(update={"name_or_path": source} if source == cfg.model.name_or_path else
                                       {"name_or_path": source, "gguf_file": None})
-    shrink = stages.proxy.model.shrinks()
+    shrink = rung.model.shrinks()
     out = run_dir(cfg) / ("proxy-model-" + "-".join(f"{k}{v}" for k, v in sorted(shrink.items())))
     if not shrink:
         return Path(source) if Path(source).exists() and not source_cfg.gguf_file else Path(resolve_path(
@@ -94,9 +96,11 @@ def _shrunk_config(config: Any, shrink: dict[str, int]) -> Any:
     return config
 
 
-def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int) -> ExperimentConfig:
-    """The target's experiment shrunk to the proxy: model, training rows and steps; same validation data."""
-    p = _stages(cfg).proxy
+def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int, rung: ProxyStageConfig | None = None,
+                 study_name: str | None = None) -> ExperimentConfig:
+    """The target's experiment shrunk to the proxy (`rung`, default the one `stages.proxy`): model, training
+    rows and steps; same validation data."""
+    p = rung or _stages(cfg).proxy
     train = cfg.train.model_copy(update=_scaled_length(cfg, p.steps_fraction))
     data = cfg.data.model_copy(update={"max_train_samples": max(1, round(p.data_fraction * n_train))})
     space = {name: _scaled_spec(spec, p.steps_fraction, integer=name == "max_steps")
@@ -104,7 +108,7 @@ def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int) -> Expe
     search = cfg.search.model_copy(update={"n_trials": p.n_trials or cfg.search.n_trials, "space": space})
     objective = ObjectiveConfig(metric=p.metric) if p.metric else cfg.objective
     return cfg.model_copy(update={
-        "study_name": p.study_name or f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
+        "study_name": study_name or p.study_name or f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={
             "name_or_path": str(proxy_model), "gguf_file": None}), "data": data, "train": train, "search": search,
         "select": None, "stages": None, "objective": objective})
 
@@ -192,10 +196,23 @@ def narrowed_space(space: dict[str, ParamSpec], center: dict[str, Any], factor: 
 # ---------------------------------------------------------------------------------------------------- stages
 @dataclass
 class ProxyStage:
-    """Stage 1: the proxy's experiment, and the target's training rows (the data ratio is taken against them)."""
+    """A proxy stage (the one proxy, or a rung of a ladder): its experiment and its rung's settings, and the
+    target's training rows (the data ratio is taken against them)."""
 
     cfg: ExperimentConfig
     n_train: int
+    rung: ProxyStageConfig
+
+
+@dataclass
+class Scale:
+    """Where a stage sits, as the transfer rules and the fitted laws see it."""
+
+    n_params: int
+    hidden: int
+    rows: int  # training rows
+    steps_fraction: float
+    token_share: float  # its training tokens at the config's batch size, as a share of the target's
 
 
 @dataclass
@@ -210,36 +227,64 @@ class TargetStage:
     steps_ratio: float
 
 
-def plan_proxy(cfg: ExperimentConfig) -> ProxyStage:
-    """Build the proxy model and the proxy's experiment config."""
+Done = list[tuple[ProxyStage, Study]]  # the proxy stages that have run, in order, with their studies
+
+
+def plan_rungs(cfg: ExperimentConfig) -> list[ProxyStage]:
+    """Build each proxy model and its experiment config: the one proxy, or the ladder's rungs in their order."""
     n_train = len(load_splits(cfg.data).train)
-    return ProxyStage(proxy_config(cfg, build_proxy_model(cfg), n_train), n_train)
+    return [ProxyStage(proxy_config(cfg, build_proxy_model(cfg, rung), n_train, rung, name), n_train, rung)
+            for name, rung in _stages(cfg).rungs(cfg.study_name)]
 
 
-def plan_target(cfg: ExperimentConfig, proxy: ProxyStage, proxy_study: Study) -> TargetStage:
-    """Open the target study and queue its stage-2 trials: the baseline, then the proxy's top-k transferred by
-    the declared rules (once each, so a resumed stage 2 does not queue them again)."""
+def narrow_rung(cfg: ExperimentConfig, stage: ProxyStage, done: Done) -> ProxyStage:
+    """A rung with `narrow:` searches the learning rate (and a searched batch setting) only within that factor
+    of what the rungs before it predict for it: the fitted laws from 2 rungs on, else the fixed rules."""
+    if stage.rung.narrow is None or not done:
+        return stage
+    placed = [(s, study, _scale(cfg, s)) for s, study in done]
+    dest = _scale(cfg, stage)
+    fitted, at_source, _ = _fitted(cfg, placed, dest) if len(placed) >= 2 else ({}, {}, None)
+    moved = _moved(cfg, placed[-1], dest, 1, fitted, at_source)
+    if not moved:
+        return stage
+    space = stage.cfg.search.space
+    center = {k: v for k, v in moved[0][1].items() if k in space and k in _NARROWED}
+    search = stage.cfg.search.model_copy(update={"space": narrowed_space(space, center, stage.rung.narrow)})
+    return ProxyStage(stage.cfg.model_copy(update={"search": search}), stage.n_train, stage.rung)
+
+
+_NARROWED = ("learning_rate", "gradient_accumulation_steps", "per_device_train_batch_size")
+
+
+def plan_target(cfg: ExperimentConfig, done: Done) -> TargetStage:
+    """Open the target study and queue its stage-2 trials: the baseline, then the last proxy stage's top-k moved
+    to the target by the transfer rules (once each, so a resumed stage 2 does not queue them again). With
+    `fit`, the first moved config takes the fitted laws' prediction for the target, the others move by the
+    laws' ratio between the target and that rung; the fit is stored on the target study."""
     stages = _stages(cfg)
-    if not _top_k(proxy_study.optuna, 1):
-        reasons = {TrialRecord(t).fail_reason or t.state.name.lower() for t in proxy_study.trials}
-        raise LmtuneError(f"the proxy stage ({proxy_study.name}) has no completed trial to transfer; its trials "
+    last, last_study = done[-1]
+    if not _top_k(last_study.optuna, 1):
+        reasons = {TrialRecord(t).fail_reason or t.state.name.lower() for t in last_study.trials}
+        raise LmtuneError(f"the proxy stage ({last_study.name}) has no completed trial to transfer; its trials "
                           f"ended with: {sorted(reasons)[:3]}")
     rules = stages.transfer
-    width_ratio = _hidden_size(proxy.cfg) / _hidden_size(cfg)
-    data_ratio = proxy.n_train / (proxy.cfg.data.max_train_samples or proxy.n_train)
-    steps_ratio = 1.0 / stages.proxy.steps_fraction
-    moved = [(t, *transfer(dict(t.params), rules, width_ratio, data_ratio, steps_ratio,
-                           cfg.train.gradient_accumulation_steps)) for t in _top_k(proxy_study.optuna, rules.top_k)]
+    placed = [(s, study, _scale(cfg, s)) for s, study in done]
+    dest = _scale(cfg, None, last.n_train)
+    fitted, at_source, fit_info = _fitted(cfg, placed, dest)
+    moved = _moved(cfg, placed[-1], dest, rules.top_k, fitted, at_source)
     space = dict(cfg.search.space)
     local = rules.local_search
     if local is not None and moved:
         space = narrowed_space(space, moved[0][1], local.factor)
     target_cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})})
     target = open_tuning_study(target_cfg)
+    if fit_info is not None:
+        target.optuna.set_user_attr(records.TRANSFER_FIT, fit_info)
     target.enqueue_baseline()  # trial 0 of the target study, before the transferred configs
-    done = {t.user_attrs.get(records.TRANSFERRED_FROM) for t in target.trials}
+    queued = {t.user_attrs.get(records.TRANSFERRED_FROM) for t in target.trials}
     for t, params, overrides in moved:
-        if t.number not in done:
+        if t.number not in queued:
             target.optuna.enqueue_trial(params, user_attrs={records.TRANSFERRED_FROM: t.number,
                                                             records.OVERRIDES: overrides,
                                                             records.PROXY_VALUE: t.value})
@@ -249,35 +294,150 @@ def plan_target(cfg: ExperimentConfig, proxy: ProxyStage, proxy_study: Study) ->
     stage2 = target_cfg.search.model_copy(update={  # the startup trials the target study was opened with
         "n_trials": n_target, "budget": BudgetConfig(),
         "n_startup_trials": default_startup_trials(cfg.search.n_trials) if startup is None else startup})
-    return TargetStage(target_cfg.model_copy(update={"search": stage2, "stages": None}), target, width_ratio,
-                       data_ratio, steps_ratio)
+    source = placed[-1][2]
+    return TargetStage(target_cfg.model_copy(update={"search": stage2, "stages": None}), target,
+                       source.hidden / dest.hidden, dest.rows / source.rows, 1.0 / source.steps_fraction)
 
 
-def record_stages(proxy_study: Study, target: TargetStage) -> None:
-    """Store the transfer's ratios and both stages' cost on the target study."""
-    target.study.optuna.set_user_attr(records.STAGES, _summary(proxy_study, target))
+def record_stages(done: Done, target: TargetStage) -> None:
+    """Store the transfer's ratios and every stage's cost on the target study."""
+    target.study.optuna.set_user_attr(records.STAGES, _summary([study for _, study in done], target))
+
+
+def _moved(cfg: ExperimentConfig, source: tuple[ProxyStage, Study, Scale], dest: Scale, k: int,
+           fitted: dict[str, float], at_source: dict[str, float]) -> list[tuple[FrozenTrial, dict, dict]]:
+    """The source stage's top-k moved to `dest`: (trial, searched params, training arguments outside the
+    space). The fixed rules move what has no fitted value (a `fit` without one falls back to width / none)."""
+    stage, study, scale = source
+    rules = _stages(cfg).transfer
+    fixed = rules.model_copy(update={
+        "learning_rate": "width" if rules.learning_rate == "fit" else rules.learning_rate,
+        "batch_size": "none" if rules.batch_size == "fit" else rules.batch_size})
+    out = []
+    for i, t in enumerate(_top_k(study.optuna, k)):
+        params, overrides = transfer(dict(t.params), fixed, scale.hidden / dest.hidden, dest.rows / scale.rows,
+                                     dest.steps_fraction / scale.steps_fraction,
+                                     cfg.train.gradient_accumulation_steps)
+        if "learning_rate" in fitted and "learning_rate" in params:
+            params["learning_rate"] = fitted["learning_rate"] if i == 0 else \
+                t.params["learning_rate"] * fitted["learning_rate"] / at_source["learning_rate"]
+        if "batch_size" in fitted:
+            hp = TrialRecord(t).trained_hparams
+            per_device = int(hp.get("per_device_train_batch_size", cfg.train.per_device_train_batch_size))
+            batch = fitted["batch_size"] if i == 0 else \
+                _batch(t, stage.cfg) * fitted["batch_size"] / at_source["batch_size"]
+            accumulation = max(1, round(batch / per_device))
+            (params if "gradient_accumulation_steps" in params else overrides)[
+                "gradient_accumulation_steps"] = accumulation
+        out.append((t, params, overrides))
+    return out
+
+
+def _fitted(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]], dest: Scale
+            ) -> tuple[dict[str, float], dict[str, float], dict[str, Any] | None]:
+    """With `fit`: (the laws' predictions at `dest` that pass the uncertainty guard, their values at the last
+    stage, what to store); the hyperparameters left out fall back to the fixed rules, each with its reason."""
+    rules = _stages(cfg).transfer
+    names = [h for h in transfer_laws.HYPERPARAMETERS if getattr(rules, h) == "fit"]
+    if not names:
+        return {}, {}, None
+    d_target = _target_tokens(cfg, placed)
+    rows = [] if d_target is None else _fit_records(placed, d_target)
+    rule = transfer_laws.fit(rows, names)
+    d_target = d_target or 0.0
+    at_dest = (float(dest.n_params), d_target * dest.token_share)
+    last = placed[-1][2]
+    at_last = (float(last.n_params), d_target * last.token_share)
+    usable = rule.predict(*at_dest) if d_target else {}
+    band = rule.band(*at_dest) if d_target else {}
+    unsure = rule.unsure(*at_dest, rules.max_uncertainty) if d_target else {}
+    used = {h: v for h, v in usable.items() if h not in unsure}
+    info = {"rule": rule.to_dict(), "target": {"n_params": at_dest[0], "n_tokens": at_dest[1]},
+            "stages": [{"study": study.name, "n_params": float(s.n_params), "n_tokens": d_target * s.token_share}
+                       for _, study, s in placed],
+            "prediction": {h: {"value": usable.get(h), "band": band.get(h), "used": h in used,
+                               "fallback": "" if h in used else unsure.get(h) or rule.laws[h].reason or
+                               "no proxy trial recorded its cost"} for h in names}}
+    at_source = {h: v for h, v in rule.predict(*at_last).items() if h in used} if used else {}
+    return used, at_source, info
+
+
+def _fit_records(placed: list[tuple[ProxyStage, Study, Scale]], d_target: float) -> list[dict[str, float]]:
+    """Every completed proxy trial as a record of `lmtune.transfer.fit` (its stage's size, its
+    hyperparameters, its objective as a loss)."""
+    rows = []
+    for stage, study, scale in placed:
+        sign = -1.0 if study.direction == "maximize" else 1.0
+        for t in study.trials:
+            if t.state != TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
+                continue
+            rows.append({"n_params": float(scale.n_params), "n_tokens": d_target * scale.token_share,
+                         "learning_rate": float(TrialRecord(t).trained_hparams.get(
+                             "learning_rate", stage.cfg.train.learning_rate)),
+                         "batch_size": float(_batch(t, stage.cfg)), "loss": sign * t.value})
+    return rows
+
+
+def _batch(t: FrozenTrial, cfg: ExperimentConfig) -> int:
+    """The effective batch (sequences per optimizer step) a trial trained with."""
+    hp = TrialRecord(t).trained_hparams
+    return int(hp.get("per_device_train_batch_size", cfg.train.per_device_train_batch_size)) * int(
+        hp.get("gradient_accumulation_steps", cfg.train.gradient_accumulation_steps))
+
+
+def _target_tokens(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]]) -> float | None:
+    """The training tokens of one target run at the config's batch size, read from what the proxy trials
+    trained (each trial's full run, at the config's batch when the run length is in steps, over its stage's
+    share): the median over every completed proxy trial."""
+    base = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
+    estimates = []
+    for stage, study, scale in placed:
+        for t in study.trials:
+            c = TrialRecord(t).cost
+            if t.state != TrialState.COMPLETE or not c.get("steps") or not c.get("tokens"):
+                continue
+            full = c["tokens"] * c.get("planned_steps", c["steps"]) / c["steps"]
+            if cfg.train.max_steps > 0:  # a fixed number of steps: the tokens grow with the batch
+                full *= base / _batch(t, stage.cfg)
+            estimates.append(full / scale.token_share)
+    return statistics.median(estimates) if estimates else None
+
+
+def _scale(cfg: ExperimentConfig, stage: ProxyStage | None, n_train: int | None = None) -> Scale:
+    """A proxy stage's scale, or the target's (`stage` None, with its training rows)."""
+    model_cfg = (stage.cfg if stage else cfg).model
+    trust = model_cfg.trust_remote_code
+    config = AutoConfig.from_pretrained(resolve_path(model_cfg), trust_remote_code=trust)
+    with torch.device("meta"):  # counted without allocating the weights
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(
+            config, trust_remote_code=trust).parameters())
+    if stage is None:
+        return Scale(n_params, int(config.hidden_size), int(n_train or 1), 1.0, 1.0)
+    r = stage.rung
+    share = r.steps_fraction * (r.data_fraction if cfg.train.max_steps <= 0 else 1.0)  # epochs: fewer rows too
+    return Scale(n_params, int(config.hidden_size), stage.cfg.data.max_train_samples or stage.n_train,
+                 r.steps_fraction, share)
 
 
 def _top_k(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return [t for t in ranked_trials(study) if not TrialRecord(t).is_baseline][:k]
 
 
-def _summary(proxy: Study, target: TargetStage) -> dict[str, Any]:
-    """Both stages' cost in target full-training equivalents, by training FLOPs."""
+def _summary(proxies: list[Study], target: TargetStage) -> dict[str, Any]:
+    """Every stage's cost in target full-training equivalents, by training FLOPs."""
     costs = [TrialRecord(t).cost for t in target.study.trials if t.state == TrialState.COMPLETE]
     full = [c for c in costs if c.get("steps")]
     per_full = statistics.fmean(c["flops"] / c["steps"] * c["planned_steps"] for c in full) if full else None
-    proxy_flops = sum(TrialRecord(t).cost.get("flops", 0.0) for t in proxy.trials)
-    target_flops = sum(TrialRecord(t).cost.get("flops", 0.0) for t in target.study.trials)
-    return {"proxy_study": proxy.name, "proxy_trials": len(proxy.trials), "width_ratio": target.width_ratio,
+
+    def fte(trials: list[FrozenTrial]) -> float | None:
+        return sum(TrialRecord(t).cost.get("flops", 0.0) for t in trials) / per_full if per_full else None
+
+    rungs = [{"study": p.name, "trials": len(p.trials), "fte_target": fte(p.trials)} for p in proxies]
+    proxy_fte = sum(r["fte_target"] for r in rungs) if per_full else None  # type: ignore[misc]
+    return {"proxy_study": proxies[-1].name, "proxy_trials": sum(r["trials"] for r in rungs),
+            **({"rungs": rungs} if len(rungs) > 1 else {}), "width_ratio": target.width_ratio,
             "data_ratio": target.data_ratio, "steps_ratio": target.steps_ratio,
-            "proxy_fte_target": proxy_flops / per_full if per_full else None,
-            "target_fte": target_flops / per_full if per_full else None}
-
-
-def _hidden_size(cfg: ExperimentConfig) -> int:
-    config = AutoConfig.from_pretrained(resolve_path(cfg.model), trust_remote_code=cfg.model.trust_remote_code)
-    return int(config.hidden_size)
+            "proxy_fte_target": proxy_fte, "target_fte": fte(target.study.trials)}
 
 
 def _stages(cfg: ExperimentConfig) -> StagesConfig:

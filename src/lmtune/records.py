@@ -57,7 +57,9 @@ CONFIG = "config"  # the experiment config (password removed), as JSON
 FINGERPRINT = "fingerprint"  # what makes trials comparable (ExperimentConfig.fingerprint); a resume must match
 BEST_MODEL = "best_model"  # {trial, dir, metrics, selected?}: the one model kept on disk
 SELECTION = "selection"  # the selection phase's result: candidates, winner, flags, failed
-STAGES = "stages"  # proxy tuning: ratios and both stages' cost
+STAGES = "stages"  # proxy tuning: ratios and every stage's cost ({"rungs": [...]} for a ladder)
+TRANSFER_FIT = "transfer_fit"  # a ladder's fitted laws: {rule: lmtune.transfer.Rule.to_dict(), target: {n_params,
+# n_tokens}, stages: [{study, n_params, n_tokens}], prediction: {hp: {value, band, used, fallback}}}
 PBT = "pbt"  # {best_member, best_trial, best_model_dir}
 
 
@@ -184,6 +186,10 @@ class StudyRecord:
     @property
     def stages(self) -> dict[str, Any] | None:
         return self._get(STAGES)
+
+    @property
+    def transfer_fit(self) -> dict[str, Any] | None:
+        return self._get(TRANSFER_FIT)
 
     @property
     def pbt(self) -> dict[str, Any]:

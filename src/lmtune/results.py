@@ -20,6 +20,7 @@ from lmtune.objectives import Condition, PickRule, parse_condition
 from lmtune.records import PICKED, StudyRecord, TrialRecord
 from lmtune.storage import mask_url, open_storage
 from lmtune.train.metrics import METRICS, shown_metrics
+from lmtune.transfer import Rule
 
 
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
@@ -303,3 +304,23 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     train.update(TrialRecord(best).trained_hparams)
     cfg["train"] = train
     return cfg
+
+
+def transfer_fit_lines(study: optuna.Study) -> list[str]:
+    """What a ladder's fitted transfer found, one line per hyperparameter: the law with its exponents' standard
+    errors, the prediction for the target, and whether it was used or fell back to a fixed rule (and why)."""
+    info = StudyRecord(study).transfer_fit
+    if not info:
+        return []
+    rule = Rule.from_dict(info["rule"])
+    target = info.get("target") or {}
+    lines = []
+    for name, pred in (info.get("prediction") or {}).items():
+        law = rule.laws[name]
+        fitted = f"{name} ∝ {law.describe()} over {law.n_rungs} rungs" if law.usable else f"{name}: {law.describe()}"
+        at = f"N = {fmt(target.get('n_params'), 3)}, D = {fmt(target.get('n_tokens'), 3)} tokens"
+        guess = f"; predicted {fmt(pred.get('value'), 3)} (×/÷ {fmt(pred.get('band'), 2)}) for the target ({at})" \
+            if pred.get("value") is not None else ""
+        used = "used" if pred.get("used") else f"not used, fixed rule instead: {pred.get('fallback')}"
+        lines.append(f"{fitted}{guess}; {used}" + "".join(f" ({n})" for n in law.notes))
+    return lines

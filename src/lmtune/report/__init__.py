@@ -32,6 +32,7 @@ from lmtune.results import (
     ranked_trials,
     selection_cost,
     study_cost,
+    transfer_fit_lines,
     trial_status,
 )
 
@@ -154,6 +155,14 @@ def _sections(st: optuna.Study) -> tuple[list[Section], list[F.Plot]]:
     members = pbt_members(st)
     if members:
         sections.append(_pbt(st, members, add))
+    fitted = StudyRecord(st).transfer_fit
+    if fitted:
+        s = Section("transfer-fit", "Scaling-law transfer")
+        s.text("The proxy ladder's optimum of each hyperparameter was fitted as a power law in parameters and "
+               "training tokens; the target's trials started from its prediction.")
+        s.html('<ul class="flags">' + "".join(f"<li>{esc(line)}</li>" for line in transfer_fit_lines(st)) + "</ul>")
+        add(s, F.transfer_fit_plot(fitted))
+        sections.append(s)
     selection = StudyRecord(st).selection
     if selection:
         sections.append(_selection(selection, add))

@@ -23,6 +23,7 @@ from lmtune import results
 from lmtune.records import StudyRecord, TrialRecord
 from lmtune.results import best_trial, ranked_trials, trial_curve, trial_status
 from lmtune.train.metrics import METRICS, cost_metrics, is_plotted, shown_metrics
+from lmtune.transfer import Rule
 
 _STATE_STYLE = {  # how a trial's learning curve ends: (line dash, end marker)
     "complete": ("solid", "circle"),
@@ -376,3 +377,47 @@ def selection_plot(selection: dict[str, Any]) -> Plot:
         return Plot("selection", title, None, "The selection phase recorded no per-seed scores.")
     fig.update_layout(yaxis_title=metric, xaxis_title="candidate")
     return Plot("selection", title, _style(fig, f"{title} ({metric})", height=420))
+
+
+# ------------------------------------------------------------------------------------------------ transfer fit
+def transfer_fit_plot(info: dict[str, Any]) -> Plot:
+    """Each rung's optimum (± its standard error) against training compute, the fitted law along the path from
+    the smallest rung to the target, and the target's prediction with its band; one panel per hyperparameter."""
+    title = "Scaling-law transfer: each rung's optimum, the fitted law and the prediction"
+    rule = Rule.from_dict(info["rule"])
+    names = list(info.get("prediction") or rule.laws)
+    target = info.get("target") or {}
+    if not rule.rungs or not target.get("n_tokens"):
+        return Plot("transfer-fit", title, None, "No rung recorded an optimum, so there is nothing to plot.")
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    compute = [6 * r.n_params * r.n_tokens for r in rule.rungs]
+    n_t, d_t = float(target["n_params"]), float(target["n_tokens"])
+    first = min(rule.rungs, key=lambda r: r.n_params * r.n_tokens)
+    for col, name in enumerate(names, 1):
+        rungs = [(c, r) for c, r in zip(compute, rule.rungs, strict=True) if name in r.log_opt]
+        ys = [math.exp(r.log_opt[name]) for _, r in rungs]
+        up = [math.exp(r.log_opt[name] + r.log_se[name]) - y for (_, r), y in zip(rungs, ys, strict=True)]
+        down = [y - math.exp(r.log_opt[name] - r.log_se[name]) for (_, r), y in zip(rungs, ys, strict=True)]
+        fig.add_trace(go.Scatter(
+            x=[c for c, _ in rungs], y=ys, mode="markers", name=f"{name}: rung optima", marker={"size": 10},
+            error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down},
+            text=[r.method for _, r in rungs], hovertemplate="compute %{x:.3g}<br>optimum %{y:.3g} (%{text})"
+                                                             "<extra></extra>"), row=1, col=col)
+        law = rule.laws[name]
+        if law.usable:  # the law along the straight path (in log sizes) from the smallest rung to the target
+            path = [(math.exp((1 - u) * math.log(first.n_params) + u * math.log(n_t)),
+                     math.exp((1 - u) * math.log(first.n_tokens) + u * math.log(d_t))) for u in
+                    (i / 40 for i in range(41))]
+            fig.add_trace(go.Scatter(x=[6 * n * d for n, d in path],
+                                     y=[math.exp(law.log_predict(n, d)[0]) for n, d in path], mode="lines",
+                                     name=f"{name}: fitted law", line={"dash": "dash"}), row=1, col=col)
+            value, se = law.log_predict(n_t, d_t)
+            fig.add_trace(go.Scatter(
+                x=[6 * n_t * d_t], y=[math.exp(value)], mode="markers", name=f"{name}: target's prediction",
+                marker={"symbol": "star", "size": 16},
+                error_y={"type": "data", "symmetric": False, "array": [math.exp(value + se) - math.exp(value)],
+                         "arrayminus": [math.exp(value) - math.exp(value - se)]}), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="training compute (6 N D)", row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+    unusable = [f"{n}: {rule.laws[n].reason}" for n in names if not rule.laws[n].usable]
+    return Plot("transfer-fit", title, _style(fig, title, height=440), "; ".join(unusable))

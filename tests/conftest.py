@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +24,11 @@ if "LMTUNE_HOME" not in os.environ:
 # Nothing in the tests may reach the network: a hub id fails at once instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+# A shell without job control starts background jobs with SIGINT ignored, and Python keeps it ignored (as lmtune
+# does, on purpose): the Ctrl-C tests then send SIGINTs that vanish, and one of them waits forever. Tests of Ctrl-C
+# need a process that Ctrl-C reaches, however pytest was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def small_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

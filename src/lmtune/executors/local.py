@@ -211,6 +211,10 @@ def _worker_main(cfg_json: str, worker: int, workers: int, conn: Any, run: int) 
         sys.exit(2)
     except KeyboardInterrupt:  # its trial is failed and queued again; `lmtune run` says so
         sys.exit(130)
+    finally:
+        # Its trial is settled and only interpreter teardown is left, where a SIGINT (one more Ctrl-C, or the
+        # kernel's when `lmtune run` dies just then) would print a traceback from an atexit callback (seen in CI).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_workers(cfg: ExperimentConfig, study: Study, callbacks: Iterable[Callback] = ()) -> None:

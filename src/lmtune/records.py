@@ -44,9 +44,9 @@ CHECKPOINT = "checkpoint"  # the member's last checkpoint folder (removed once t
 
 # ------------------------------------------------------------------------------------ trial system attributes
 REQUEUED_FROM = "requeued_from"  # numbers of the cut-short trials a re-queued trial replaces
-# Optuna's own: `trial.set_constraint(text, violation)` stores "constraints:<text>" (e.g. "constraints:flops <=
-# 1e+12"), a float that is <= 0 when the objective.constraints entry holds; samplers and best_trial(s) read it.
-CONSTRAINT_PREFIX = "constraints:"
+# Optuna's own, read through `FrozenTrial.constraints` (TrialRecord.feasible), never by key here:
+# `trial.set_constraint(text, violation)` stores "constraints:<text>" (e.g. "constraints:flops <= 1e+12"), a float
+# that is <= 0 when the objective.constraints entry holds; samplers and best_trial(s) read it.
 
 # ------------------------------------------------------------------------------------ study user attributes
 STUDY_METRIC = "metric"  # the objective metric's name (a multi-objective study's first objective)

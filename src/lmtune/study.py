@@ -310,10 +310,14 @@ class Study:
                 with interrupts.interruptible():
                     value = (execute or evaluate)(objective, ctx)
             except optuna.TrialPruned:
-                self._set_constraints(trial, pruned=True)  # what it measured before it stopped informs samplers too
+                if self.limits:  # what it measured before it stopped informs samplers too
+                    self._set_constraints(trial, self._stored(trial), pruned=True)
                 raise
-            self._set_constraints(trial)
-            return self._values(trial, value)
+            if not self.limits and len(self.objectives) == 1:
+                return value
+            stored = self._stored(trial)  # read once, for the constraints and the other objectives
+            self._set_constraints(trial, stored)
+            return self._values(trial, value, stored)
         except KeyboardInterrupt:  # Optuna then marks it failed
             self.requeue_interrupted(trial)
             raise
@@ -324,21 +328,19 @@ class Study:
                 self.requeue(frozen, records.TrialRecord(frozen).fail_reason)  # to run once the setup is fixed
             raise
 
-    def _set_constraints(self, trial: optuna.Trial, pruned: bool = False) -> None:
+    def _set_constraints(self, trial: optuna.Trial, stored: records.TrialRecord, pruned: bool = False) -> None:
         """Record each objective.constraints limit as an Optuna constraint value (<= 0: it holds)."""
-        if self.limits:
-            stored = self._stored(trial)
-            for limit in self.limits:
-                value = _measured(trial, stored, limit.metric, "" if pruned else f"objective.constraints "
-                                                                                   f"{limit.text!r}")
-                if value is not None:
-                    trial.set_constraint(limit.text, limit.violation(value))
+        for limit in self.limits:
+            value = _measured(trial, stored, limit.metric, "" if pruned else f"objective.constraints "
+                                                                               f"{limit.text!r}")
+            if value is not None:
+                trial.set_constraint(limit.text, limit.violation(value))
 
-    def _values(self, trial: optuna.Trial, first: float) -> float | tuple[float, ...]:
+    def _values(self, trial: optuna.Trial, first: float, stored: records.TrialRecord
+                ) -> float | tuple[float, ...]:
         """What Optuna is told: the objective value, or one value per objective."""
         if len(self.objectives) == 1:
             return first
-        stored = self._stored(trial)
         return (first, *(float(_measured(trial, stored, name, f"objective.metrics {name!r}"))  # type: ignore[arg-type]
                          for name, _ in self.objectives[1:]))
 

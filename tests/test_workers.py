@@ -97,13 +97,13 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
-def _crash_config(tmp_path: Path, max_steps: int = 40, **executor: Any) -> Path:
+def _crash_config(tmp_path: Path, max_steps: int = 40, n_trials: int = 3, **executor: Any) -> Path:
     """Trials of `max_steps`: short ones for tests that finish the study, long ones (2000) for tests that must catch
     a trial mid-training even on a fast machine, where a 40-step trial can end before the signal lands."""
     return write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16,
                                          "max_steps": max_steps,
                                          "eval_steps": 10, "eval_max_samples": 8},
-                        search={"strategy": "random", "n_trials": 3, "seed": 0, "baseline": False,
+                        search={"strategy": "random", "n_trials": n_trials, "seed": 0, "baseline": False,
                                 "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
                         executor={"heartbeat_interval": 1, "grace_period": 4, **executor})
 
@@ -346,19 +346,24 @@ def test_ray_executor_runs_trials_as_ray_tasks(tmp_path: Path, ray_head: str) ->
 
 def test_ctrl_c_cancels_the_ray_tasks_and_the_next_run_reruns_their_trials(tmp_path: Path, ray_head: str) -> None:
     """Optuna waits for the threads that wait on Ray tasks: Ctrl-C must cancel the tasks first, or it would take
-    effect only once the running trials had trained to the end."""
+    effect only once the running trials had trained to the end. Three threads share a budget of two trials, so one
+    waits for room: it must not start the re-queued trials (it would fail and queue them a second time)."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = _crash_config(tmp_path, type="ray", threads_per_trial=1, workers=2)
+    ray_run = {"type": "ray", "threads_per_trial": 1, "workers": 3, "n_trials": 2}
+    cfg = _crash_config(tmp_path, max_steps=2000, **ray_run)  # trials long enough to be cut, wherever they are
     best = str(tmp_path / "best.yaml")
     run, victim, _ = _worker_mid_trial(cfg, storage, "run", str(cfg), "--address", ray_head, "-o", best,
                                        processes=0)  # the trials train in the Ray head's worker processes
     output = _signal_and_wait(run, signal.SIGINT)
     assert run.returncode == 130 and "interrupted:" in output and "Traceback" not in output, output
     trials = optuna.load_study(study_name="test", storage=storage).trials
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials], output
     cut = [t for t in trials if t.state == TrialState.FAIL]
-    assert victim.number in {t.number for t in cut} and not [t for t in trials if t.state == TrialState.RUNNING]
-    assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in cut)
+    assert victim.number in {t.number for t in cut} and not [t for t in trials if t.state == TrialState.RUNNING], states
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in cut), states
     queued = [t for t in trials if t.state == TrialState.WAITING]
-    assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut)
-    lmtune("run", str(cfg), "--address", ray_head, "--quiet", "-o", best)
-    assert len(assert_complete(storage, 3)) == 3 + len(cut)
+    assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut), states
+    assert not [t for t in cut if t.system_attrs.get("requeued_from")], states  # no re-queued trial was started
+    _crash_config(tmp_path, **ray_run)  # the rerun may train short trials
+    lmtune("run", str(cfg), "--address", ray_head, "--quiet", "-o", best, "--allow-changed-config")
+    assert len(assert_complete(storage, 2)) == 2 + len(cut)

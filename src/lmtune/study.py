@@ -47,7 +47,8 @@ def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 
 class BudgetSpent(Exception):
-    """Every trial of the n_trials budget has finished; raised by `SharedStudy.ask` to end `optimize`."""
+    """Every trial of the n_trials budget has finished, or the study was stopped; raised by `SharedStudy.ask` to
+    end `optimize`."""
 
 
 class SharedStudy(optuna.Study):
@@ -62,9 +63,18 @@ class SharedStudy(optuna.Study):
     budget: int | None = None
     poll_seconds = 1.0
 
+    def stop(self) -> None:
+        """Optuna's, callable from any thread: with n_jobs > 1 Ctrl-C's handler runs in the main thread, which
+        only waits on the trial threads and which Optuna's `stop` refuses."""
+        self._stop_flag = True
+
     def ask(self, fixed_distributions: dict[str, optuna.distributions.BaseDistribution] | None = None
             ) -> optuna.Trial:
-        while self.budget is not None:
+        while True:
+            if self._stop_flag and self._thread_local.in_optimize_loop:  # stopped (Ctrl-C, a budget) while this
+                raise BudgetSpent  # thread (n_jobs > 1) waited: a trial started now would only be failed
+            if self.budget is None:
+                break
             with study_lock(self._storage, self.study_name):
                 trials = self.get_trials(deepcopy=False)
                 running = [t for t in trials if t.state == TrialState.RUNNING]

@@ -104,6 +104,7 @@ def run_on_ray(cfg: ExperimentConfig, study: Study, objective: Objective, callba
 
     def cancel_then_interrupt(signum: int, frame: Any) -> None:
         stopping.set()
+        study.optuna.stop()  # threads waiting for room in the budget start no trial (they would re-queue it)
         for ref in list(running.values()):
             ray.cancel(ref, force=True)
         previous(signum, frame)  # type: ignore[operator]

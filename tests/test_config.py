@@ -37,6 +37,8 @@ def test_shorthand_parameter_forms():
     ({"train": {"learnig_rate": 1}}, ["train.learnig_rate", "did you mean 'learning_rate'"]),
     ({"train": {"optim": "adam"}}, ["train.optim", "'adam'"]),
     ({"train": {"bf16": True, "fp16": True}}, ["choose one"]),
+    ({"train": {"lr_scheduler_type": "warmup_stable_decay", "warmup_ratio": 0.5, "lr_decay_ratio": 0.6}},
+     ["no room for its stable phase", "lower one"]),
     ({"search": {"space": {"learnin_rate": {"low": 1e-4, "high": 1e-2}}}}, ["did you mean 'learning_rate'"]),
     ({"search": {"space": {"learning_rate": {"low": 1e-2, "high": 1e-4}}}}, ["greater than high", "swap"]),
     ({"search": {"space": {"learning_rate": {"low": 0.0, "high": 1e-2, "log": True}}}}, ["log scale needs low > 0"]),

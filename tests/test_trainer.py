@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -55,6 +56,30 @@ def test_step_scheduler_decays_at_milestones(tmp_path):
         lrs.append(t.scheduler.get_last_lr()[0])
         t.scheduler.step()
     assert lrs[:4] == [1e-2] * 4 and lrs[4:] == [5e-3] * 4
+
+
+def _lrs(t, steps):
+    lrs = []
+    for _ in range(steps):
+        lrs.append(t.scheduler.get_last_lr()[0])
+        t.optimizer.step()
+        t.scheduler.step()
+    return lrs
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_so_a_short_run_is_a_prefix_of_a_long_one(tmp_path):
+    """Why the schedule exists: a trial stopped or paused before its decay has seen exactly the learning rates of
+    a longer run, which a schedule tied to the total steps (linear, cosine) does not give."""
+    wsd = {"lr_scheduler_type": "warmup_stable_decay", "learning_rate": 1e-2, "lr_decay_ratio": 0.25,
+           "eval_steps": 8}
+    short = _lrs(make_trainer(tmp_path, max_steps=8, **wsd), 8)
+    long = _lrs(make_trainer(tmp_path, max_steps=16, **wsd), 16)
+    assert short[:6] == long[:6] == [1e-2] * 6  # stable: the peak until the last quarter of the short run
+    assert long[6:12] == [1e-2] * 6 and all(a > b for a, b in itertools.pairwise(long[12:]))  # then 4 decaying steps
+    assert all(a > b for a, b in itertools.pairwise(short[6:]))
+    cosine = {**wsd, "lr_scheduler_type": "cosine"}
+    assert _lrs(make_trainer(tmp_path, max_steps=8, **cosine), 4) != _lrs(make_trainer(tmp_path, max_steps=16,
+                                                                                      **cosine), 4)
 
 
 def test_gradient_accumulation_counts_micro_batches(tmp_path):

@@ -148,9 +148,12 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop")
     lr_scheduler_type: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts",
-        "inverse_sqrt", "step",
+        "inverse_sqrt", "step", "warmup_stable_decay",
     ] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_decay_ratio: float = Field(0.1, gt=0, le=1, description="warmup_stable_decay: the share of training in the "
+                                  "final decay (the LR is constant before it, so a partial run is a prefix of a "
+                                  "longer one)")
     lr_step_gamma: float = Field(0.1, gt=0, le=1, description="step scheduler: LR factor at each milestone")
     lr_step_milestones: list[float] = Field([0.5, 0.75], description="step scheduler: fractions of training")
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
@@ -214,6 +217,9 @@ class TrainConfig(_Strict):
                 self.num_train_epochs != TrainConfig.model_fields["num_train_epochs"].default:
             raise ValueError(f"max_steps ({self.max_steps}) and num_train_epochs ({self.num_train_epochs}) are both "
                              "set, and max_steps > 0 overrides the epochs (as in HF); remove one of them")
+        if self.lr_scheduler_type == "warmup_stable_decay" and self.warmup_ratio + self.lr_decay_ratio > 1:
+            raise ValueError(f"warmup_ratio ({self.warmup_ratio}) + lr_decay_ratio ({self.lr_decay_ratio}) exceed "
+                             "1: warmup_stable_decay would have no room for its stable phase; lower one of them")
         if any(not 0 < m < 1 for m in self.lr_step_milestones):
             raise ValueError("lr_step_milestones must be fractions of training strictly between 0 and 1")
         return self

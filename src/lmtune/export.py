@@ -54,6 +54,12 @@ def training_arguments(train: TrainConfig, output_dir: str) -> tuple[dict[str, A
         args["lr_scheduler_type"] = "constant" if not train.warmup_ratio else "constant_with_warmup"
     else:
         args["lr_scheduler_type"] = train.lr_scheduler_type
+    if train.lr_scheduler_type == "warmup_stable_decay":  # HF takes the decay in steps, lmtune as a share
+        if train.max_steps > 0:
+            args["lr_scheduler_kwargs"] = {"num_decay_steps": int(round(train.lr_decay_ratio * train.max_steps))}
+        else:
+            extra["lr_scheduler_kwargs"] = {
+                "num_decay_steps": f"{train.lr_decay_ratio} x the run's optimizer steps (lr_decay_ratio)"}
     if train.use_lora:
         extra["peft_lora_config"] = {"task_type": "CAUSAL_LM",
                                      **{hf: getattr(train, ours) for ours, hf in _LORA.items()}}

@@ -223,8 +223,11 @@ class Trainer:
 
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         else:
+            decay = {"num_decay_steps": int(round(cfg.lr_decay_ratio * self.total_steps))}
             self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
-                                           num_training_steps=self.total_steps)
+                                           num_training_steps=self.total_steps,
+                                           scheduler_specific_kwargs=decay
+                                           if cfg.lr_scheduler_type == "warmup_stable_decay" else None)
 
     # ------------------------------------------------------------------------------------------------ train
     def train(self, until_step: int | None = None) -> TrainResult:

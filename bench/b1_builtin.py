@@ -23,11 +23,24 @@ training seed 42. Objective: validation exact match of greedy answers (maximize)
   `sampler=TPESampler(seed=s)`; exact match is added to HF's evaluation by lmtune's generation code.
 - ``asha@50`` / ``auto@50``: the pruning strategies with ``search.min_resource`` 50 instead of ``--min-resource``.
 
+``--metric eval_loss`` (issue 13; BENCHMARKS.md "B1, redesigned"): exact match at 120 steps on 200 rows moves more
+with the training seed than between good configs, so the redesign minimizes the validation loss on all validation
+rows instead (smooth; generation metrics run on 1 row only, which keeps evaluations cheap). The oracle
+(`bench/b1_oracle_eval_loss.json`) stores each config's std across the three training seeds; the noise floor is
+the larger of their median and the best config's, and the target is the oracle's best mean + ``--noise-margin``
+(2) x that floor: the best config reaches it whatever its seed, a config worse by more than the margin does not by
+luck. ``hf`` steers its search by HF's own eval_loss, as a user gets it, and a finished trial is judged by lmtune's
+token-weighted loss of its final model (the oracle's definition). ``--min-resource 0`` leaves
+``search.min_resource`` unset, so ``auto`` runs as shipped. ``--hf-check N`` trains the best N oracle configs with
+HF's trainer and the oracle's seeds, to show how far HF's training lands from lmtune's on the same config.
+
 Every run writes its own SQLite study under ``--workdir`` and its trial list to ``<workdir>/results.json``, so
 a re-run only trains what is missing and then prints the table.
 
     .venv/bin/python bench/b1_builtin.py                                  # everything, seeds 0,1,2
     .venv/bin/python bench/b1_builtin.py --strategies asha,hf --seeds 0,1,2,3,4
+    .venv/bin/python bench/b1_builtin.py --metric eval_loss --steps 60 --eval-steps 10 --min-resource 0 \
+        --strategies auto,hf --seeds 0,1,2,3,4,5,6,7,8,9                  # the redesign (issue 13)
 """
 
 from __future__ import annotations
@@ -268,7 +281,10 @@ def run_grid_replay(seed: int, args: argparse.Namespace, oracle: dict[str, Any],
     return trial_rows(study.trials)
 
 
-def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -> list[dict[str, Any]]:
+def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared,
+           grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """`hyperparameter_search` as a user runs it; with `grid`, the same HF trainer on exactly these points
+    (training seed included), none stopped, to compare HF's training with lmtune's on the same config."""
     import optuna
     from _hf_data import Collator, EncodedDataset
     from transformers import PrinterCallback, TrainingArguments
@@ -317,7 +333,8 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
                 log(f"  hf s{seed} trial {trial.number} step {step} {args.metric}={score:.4f} "
                     f"(HF eval_loss {metrics[f'{metric_key_prefix}_loss']:.4f}) [{trial.params}] "
                     f"spent {spent_fte():.2f} FTE ({time.perf_counter() - t0:.0f}s)")
-                if (step >= args.steps and reaches(score, target, args.metric)) or spent_fte() >= args.cap:
+                if grid is None and ((step >= args.steps and reaches(score, target, args.metric))
+                                     or spent_fte() >= args.cap):
                     trial.study.stop()  # takes effect when this trial ends (completed or pruned)
             return metrics
 
@@ -325,6 +342,8 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
         return load_model(cfg.model, cfg.train)
 
     def hp_space(trial: Any) -> dict[str, Any]:
+        if grid is not None:
+            return {k: trial.suggest_categorical(k, v) for k, v in grid.items()}
         return {"learning_rate": trial.suggest_float("learning_rate", LR_LOW, LR_HIGH, log=True),
                 "lr_scheduler_type": trial.suggest_categorical("lr_scheduler_type", SCHEDULERS)}
 
@@ -341,13 +360,15 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
     trainer = ExactMatchTrainer(model_init=model_init, args=targs, train_dataset=EncodedDataset(prepared.train),
                                 eval_dataset=EncodedDataset(prepared.validation), data_collator=collator)
     trainer.remove_callback(PrinterCallback)
-    db = args.workdir / f"hf-s{seed}.db"
+    name = f"b1-hf-s{seed}" if grid is None else "b1-hf-check"
+    db = args.workdir / f"{name}.db"
     db.unlink(missing_ok=True)
-    name = f"b1-hf-s{seed}"
+    sampler = optuna.samplers.TPESampler(seed=seed) if grid is None else optuna.samplers.GridSampler(grid)
     trainer.hyperparameter_search(
         hp_space=hp_space, compute_objective=lambda m: m[f"eval_{args.metric.removeprefix('eval_')}"],
-        n_trials=500, direction="maximize" if maximize else "minimize",
-        backend="optuna", sampler=optuna.samplers.TPESampler(seed=seed), storage=f"sqlite:///{db}", study_name=name)
+        n_trials=500 if grid is None else math.prod(len(v) for v in grid.values()),
+        direction="maximize" if maximize else "minimize",
+        backend="optuna", sampler=sampler, storage=f"sqlite:///{db}", study_name=name)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     rows = []
     for tr in sorted(study.trials, key=lambda t: (t.datetime_complete or datetime.datetime.max, t.number)):
@@ -356,6 +377,27 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
             rows.append({"number": tr.number, "state": tr.state.name, "value": value, "hf_value": tr.value,
                          "fte": steps_of.get(tr.number, 0) / args.steps, "params": tr.params})
     return rows
+
+
+def hf_check(args: argparse.Namespace, oracle: dict[str, Any], target: float, shared: Shared) -> list[Any]:
+    """The `--hf-check` best oracle configs trained by HF's trainer with the oracle's seeds: how far HF's
+    training lands from lmtune's on the same config and seed (a systematic gap would favour one side)."""
+    sign = -1 if MAXIMIZE[args.metric] else 1
+    out = []
+    for c in sorted(oracle["configs"], key=lambda c: sign * c["mean"])[: args.hf_check]:
+        grid = {"learning_rate": [c["learning_rate"]], "lr_scheduler_type": [c["lr_scheduler_type"]],
+                "seed": list(ORACLE_SEEDS)}
+        rows = run_hf(0, args, target, shared, grid=grid)
+        for r in rows:
+            seed = str(r["params"]["seed"])
+            out.append({"learning_rate": c["learning_rate"], "lr_scheduler_type": c["lr_scheduler_type"],
+                        "seed": seed, "hf": r["value"], "lmtune": c[args.metric][seed]})
+            log(f"hf check lr={c['learning_rate']:.3g} {c['lr_scheduler_type']} seed {seed}: HF {r['value']:.4f}, "
+                f"lmtune {c[args.metric][seed]:.4f}")
+    diffs = [o["hf"] - o["lmtune"] for o in out]
+    log(f"hf check: HF minus lmtune on the same config and seed: mean {statistics.fmean(diffs):+.4f}, "
+        f"std {statistics.stdev(diffs) if len(diffs) > 1 else float('nan'):.4f} over {len(diffs)} runs")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ summary
@@ -425,6 +467,8 @@ def main() -> None:
                    help="default bench/b1_oracle.json (exact_match), bench/b1_oracle_eval_loss.json (eval_loss)")
     p.add_argument("--workdir", type=Path, default=None, help="default /tmp/lmtune-b1, /tmp/lmtune-b1-eval_loss")
     p.add_argument("--rerun", action="store_true", help="train runs again even if results.json holds them")
+    p.add_argument("--hf-check", type=int, default=0,
+                   help="train the best N oracle configs with HF's trainer, oracle seeds, and compare")
     args = p.parse_args()
     suffix = "" if args.metric == "exact_match" else f"_{args.metric}"
     args.oracle_file = args.oracle_file or HERE / f"b1_oracle{suffix}.json"
@@ -471,6 +515,10 @@ def main() -> None:
             s = summarize(rows, target, spec == "pbt", args.metric)
             log(f"done {spec} seed {seed}: FTE to target {fmt_fte(s['fte'], args.cap)}, best {s['best']:.3f}, "
                 f"{len(rows)} trials, {time.perf_counter() - t0:.0f}s")
+
+    if args.hf_check:
+        results["hf_check"] = hf_check(args, oracle, target, shared)
+        res_path.write_text(json.dumps(results, indent=1))
 
     print()
     print(f"Oracle (best mean {args.metric} over seeds {', '.join(map(str, ORACLE_SEEDS))} on the 24-point grid): "

@@ -23,11 +23,24 @@ training seed 42. Objective: validation exact match of greedy answers (maximize)
   `sampler=TPESampler(seed=s)`; exact match is added to HF's evaluation by lmtune's generation code.
 - ``asha@50`` / ``auto@50``: the pruning strategies with ``search.min_resource`` 50 instead of ``--min-resource``.
 
+``--metric eval_loss`` (issue 13; BENCHMARKS.md "B1, redesigned"): exact match at 120 steps on 200 rows moves more
+with the training seed than between good configs, so the redesign minimizes the validation loss on all validation
+rows instead (smooth; generation metrics run on 1 row only, which keeps evaluations cheap). The oracle
+(`bench/b1_oracle_eval_loss.json`) stores each config's std across the three training seeds; the noise floor is
+the larger of their median and the best config's, and the target is the oracle's best mean + ``--noise-margin``
+(2) x that floor: the best config reaches it whatever its seed, a config worse by more than the margin does not by
+luck. ``hf`` steers its search by HF's own eval_loss, as a user gets it, and a finished trial is judged by lmtune's
+token-weighted loss of its final model (the oracle's definition). ``--min-resource 0`` leaves
+``search.min_resource`` unset, so ``auto`` runs as shipped. ``--hf-check N`` trains the best N oracle configs with
+HF's trainer and the oracle's seeds, to show how far HF's training lands from lmtune's on the same config.
+
 Every run writes its own SQLite study under ``--workdir`` and its trial list to ``<workdir>/results.json``, so
 a re-run only trains what is missing and then prints the table.
 
     .venv/bin/python bench/b1_builtin.py                                  # everything, seeds 0,1,2
     .venv/bin/python bench/b1_builtin.py --strategies asha,hf --seeds 0,1,2,3,4
+    .venv/bin/python bench/b1_builtin.py --metric eval_loss --steps 60 --eval-steps 10 --min-resource 0 \
+        --strategies auto,hf --seeds 0,1,2,3,4,5,6,7,8,9                  # the redesign (issue 13)
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ LR_LOW, LR_HIGH = 1e-4, 3e-2
 SCHEDULERS = ["linear", "cosine", "constant_with_warmup"]
 ORACLE_SEEDS = (42, 43, 44)
 ALL = "random,grid,tpe,auto,asha,pbt,hf"
+MAXIMIZE = {"exact_match": True, "eval_loss": False}  # the two objectives this benchmark knows
 
 
 def log(msg: str) -> None:
@@ -67,6 +81,13 @@ def key(lr: float, sched: str) -> str:
     return f"{lr:.3g}|{sched}"
 
 
+def reaches(value: float | None, target: float, metric: str) -> bool:
+    """Whether a full-length score is at least as good as the target, in the metric's direction."""
+    if value is None or not math.isfinite(value):
+        return False
+    return value >= target if MAXIMIZE[metric] else value <= target
+
+
 def base_config(args: argparse.Namespace, name: str = "b1", storage: str = "sqlite:///:memory:") -> dict[str, Any]:
     return {
         "study_name": name,
@@ -74,13 +95,16 @@ def base_config(args: argparse.Namespace, name: str = "b1", storage: str = "sqli
         "output_dir": str(args.workdir / "runs"),  # lmtune keeps each study's best model there
         "model": {"name_or_path": "builtin:tiny"},
         "data": {"builtin": {"n_train": 3000, "n_validation": 200, "n_test": 200, "seed": 0}},
-        "train": {"per_device_train_batch_size": 32, "max_steps": args.steps, "eval_steps": 25,
-                  "eval_max_samples": 200, "warmup_ratio": 0.1, "seed": 42, "learning_rate": 1e-3,
+        "train": {"per_device_train_batch_size": 32, "max_steps": args.steps,
+                  "eval_steps": args.eval_steps,
+                  # eval_loss mode: generation metrics are not the objective, so 1 row keeps them cheap
+                  "eval_max_samples": 200 if args.metric == "exact_match" else 1,
+                  "warmup_ratio": 0.1, "seed": 42, "learning_rate": 1e-3,
                   "lr_scheduler_type": "linear", "torch_num_threads": args.threads, "device": "cpu"},
         "search": {"baseline": False, "seed": 0, "n_trials": 500, "budget": {"fte": args.cap},
                    "space": {"learning_rate": {"low": LR_LOW, "high": LR_HIGH, "log": True},
                              "lr_scheduler_type": SCHEDULERS}},
-        "objective": {"metric": "exact_match", "direction": "maximize"},
+        "objective": {"metric": args.metric, "direction": "maximize" if MAXIMIZE[args.metric] else "minimize"},
     }
 
 
@@ -105,9 +129,9 @@ def compute_oracle(args: argparse.Namespace, shared: Shared, path: Path) -> dict
     data: dict[str, Any] = {}
     if path.exists() and not args.recompute_oracle:
         data = json.loads(path.read_text())
-    if data.get("steps") != args.steps:
+    if data.get("steps") != args.steps or data.get("metric", "exact_match") != args.metric:
         data = {}
-    data.update(steps=args.steps, task=base_config(args)["train"] | {"data": "builtin 3000/200"},
+    data.update(steps=args.steps, metric=args.metric, task=base_config(args)["train"] | {"data": "builtin 3000/200"},
                 grid={"learning_rate": grid_lrs(), "lr_scheduler_type": SCHEDULERS})
     runs: dict[str, dict[str, Any]] = data.setdefault("runs", {})
     todo = [(seed, lr, s) for seed in ORACLE_SEEDS for lr in grid_lrs() for s in SCHEDULERS
@@ -119,29 +143,43 @@ def compute_oracle(args: argparse.Namespace, shared: Shared, path: Path) -> dict
     for i, (seed, lr, sched) in enumerate(todo, 1):
         t0 = time.perf_counter()
         tcfg = shared.cfg.train.with_params({"learning_rate": lr, "lr_scheduler_type": sched, "seed": seed})
-        trainer = Trainer(shared.cfg.model, shared.cfg.data, tcfg, objective_metric="exact_match", maximize=True,
-                          prepared=shared.prepared, tokenizer=shared.tokenizer).setup()
+        trainer = Trainer(shared.cfg.model, shared.cfg.data, tcfg, objective_metric=args.metric,
+                          maximize=MAXIMIZE[args.metric], prepared=shared.prepared, tokenizer=shared.tokenizer).setup()
         result = trainer.train()
-        curve = [[int(h["step"]), h["exact_match"]] for h in result.history]
-        runs.setdefault(key(lr, sched), {})[str(seed)] = {"exact_match": result.metrics["exact_match"],
-                                                          "curve": curve}
+        m = args.metric
+        curve = [[int(h["step"]), h[m]] for h in result.history]
+        runs.setdefault(key(lr, sched), {})[str(seed)] = {m: result.metrics[m], "curve": curve}
         data.setdefault("seconds", 0.0)
         data["seconds"] += time.perf_counter() - t0
         path.write_text(json.dumps(data, indent=1))
-        log(f"oracle {i}/{len(todo)} lr={lr:.3g} {sched} seed={seed}: exact_match "
-            f"{result.metrics['exact_match']:.3f} ({time.perf_counter() - t0:.1f}s, "
+        log(f"oracle {i}/{len(todo)} lr={lr:.3g} {sched} seed={seed}: {args.metric} "
+            f"{result.metrics[args.metric]:.4f} ({time.perf_counter() - t0:.1f}s, "
             f"{time.perf_counter() - t_start:.0f}s total)")
     configs = []
     for lr in grid_lrs():
         for s in SCHEDULERS:
             per_seed = runs[key(lr, s)]
+            values = [v[args.metric] for v in per_seed.values()]
             configs.append({"learning_rate": lr, "lr_scheduler_type": s,
-                            "exact_match": {k: v["exact_match"] for k, v in per_seed.items()},
-                            "mean": statistics.fmean(v["exact_match"] for v in per_seed.values())})
-    best = max(configs, key=lambda c: c["mean"])
-    data.update(configs=configs, best=best, oracle=best["mean"])
+                            args.metric: {k: v[args.metric] for k, v in per_seed.items()},
+                            "mean": statistics.fmean(values), "std": statistics.stdev(values)})
+    sign = 1 if MAXIMIZE[args.metric] else -1
+    best = max(configs, key=lambda c: sign * c["mean"])
+    # noise floor: how far one configuration's score moves with the training seed alone
+    noise = {"median_std": statistics.median(c["std"] for c in configs), "best_std": best["std"]}
+    data.update(configs=configs, best=best, oracle=best["mean"], noise=noise)
     path.write_text(json.dumps(data, indent=1))
     return data
+
+
+def target_of(oracle: dict[str, Any], args: argparse.Namespace) -> float:
+    """exact_match: 0.99 x oracle (the first design). eval_loss: oracle + `--noise-margin` x the noise floor (the
+    larger of the median and the best config's seed std), so that the best config reaches it whatever its seed,
+    and a lucky seed of a config that is worse by more than the margin does not."""
+    if args.metric == "exact_match":
+        return 0.99 * oracle["oracle"]
+    floor = max(oracle["noise"]["median_std"], oracle["noise"]["best_std"])
+    return oracle["oracle"] + args.noise_margin * floor
 
 
 # ------------------------------------------------------------------------------------------------------ runs
@@ -155,7 +193,7 @@ def lmtune_config(spec: str, seed: int, args: argparse.Namespace, db: Path) -> d
     cfg = base_config(args, f"b1-{spec}-s{seed}", f"sqlite:///{db}")
     search = cfg["search"]
     search.update(strategy=name, seed=seed)
-    if name in ("asha", "auto", "hyperband"):
+    if name in ("asha", "auto", "hyperband") and min_resource > 0:  # 0: the strategy's default, as shipped
         search.update(min_resource=min_resource, reduction_factor=3)
     if name in ("tpe", "auto", "gp"):
         search["n_startup_trials"] = 5
@@ -190,11 +228,11 @@ def run_lmtune(spec: str, seed: int, args: argparse.Namespace, target: float) ->
     def on_trial(study: Any, trial: Any) -> None:
         spent[0] += float((trial.user_attrs.get("cost") or {}).get("fte", 0.0))
         value = trial.value if trial.value is not None else (trial.user_attrs.get("metrics") or {}).get(
-            "exact_match", float("nan"))
+            args.metric, float("nan"))
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        log(f"  {spec} s{seed} trial {trial.number} {trial.state.name.lower()} exact_match={value:.3f} "
+        log(f"  {spec} s{seed} trial {trial.number} {trial.state.name.lower()} {args.metric}={value:.4f} "
             f"[{params}] spent {spent[0]:.2f} FTE ({time.perf_counter() - t0:.0f}s)")
-        if spec != "pbt" and trial.state.name == "COMPLETE" and trial.value >= target:
+        if spec != "pbt" and trial.state.name == "COMPLETE" and reaches(trial.value, target, args.metric):
             study.stop()
 
     study = tune(cfg, callbacks=[on_trial])
@@ -224,17 +262,17 @@ def run_grid_replay(seed: int, args: argparse.Namespace, oracle: dict[str, Any],
         run = oracle["runs"][key(ctx.params["learning_rate"], ctx.params["lr_scheduler_type"])]["42"]
         if checked[0] < args.grid_verify:
             checked[0] += 1
-            fresh = real(ctx)["exact_match"]
+            fresh = real(ctx)[args.metric]
             log(f"  grid verify: lmtune.tune trial {ctx.number} {ctx.params} -> {fresh:.4f}, oracle seed 42 "
-                f"{run['exact_match']:.4f} ({'same' if fresh == run['exact_match'] else 'DIFFERENT'})")
-            if fresh != run["exact_match"]:
-                mismatch.append((ctx.params, fresh, run["exact_match"]))
+                f"{run[args.metric]:.4f} ({'same' if fresh == run[args.metric] else 'DIFFERENT'})")
+            if fresh != run[args.metric]:
+                mismatch.append((ctx.params, fresh, run[args.metric]))
                 raise RuntimeError("training is not deterministic here; grid cannot be replayed")
         ctx.set("cost", {"fte": 1.0, "steps": args.steps, "planned_steps": args.steps, "replayed": True})
-        return {"exact_match": run["exact_match"]}
+        return {args.metric: run[args.metric]}
 
     def on_trial(st: Any, trial: Any) -> None:
-        if trial.state.name == "COMPLETE" and trial.value >= target:
+        if trial.state.name == "COMPLETE" and reaches(trial.value, target, args.metric):
             st.stop()
 
     study.optimize(objective, n_trials=cfg.search.n_trials, callbacks=[on_trial], budget_fte=args.cap)
@@ -243,13 +281,16 @@ def run_grid_replay(seed: int, args: argparse.Namespace, oracle: dict[str, Any],
     return trial_rows(study.trials)
 
 
-def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -> list[dict[str, Any]]:
+def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared,
+           grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """`hyperparameter_search` as a user runs it; with `grid`, the same HF trainer on exactly these points
+    (training seed included), none stopped, to compare HF's training with lmtune's on the same config."""
     import optuna
     from _hf_data import Collator, EncodedDataset
     from transformers import PrinterCallback, TrainingArguments
     from transformers import Trainer as HFTrainer
 
-    from lmtune.train.model import load_model
+    from lmtune.train.model import load_model, selects_logits
     from lmtune.train.trainer import Trainer as LmtuneTrainer
 
     cfg, tok, prepared = shared.cfg, shared.tokenizer, shared.prepared
@@ -261,6 +302,8 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
     gen = LmtuneTrainer(cfg.model, cfg.data, cfg.train, prepared=prepared, tokenizer=tok)
     gen.device, gen.amp_dtype = torch.device("cpu"), None
     steps_of: dict[int, int] = {}
+    final_of: dict[int, float] = {}  # a trial's benchmark score at full length, by lmtune's code
+    maximize = MAXIMIZE[args.metric]
     t0 = time.perf_counter()
 
     def spent_fte() -> float:
@@ -270,18 +313,28 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
         def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
                      metric_key_prefix: str = "eval") -> dict[str, float]:
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            gen.model = self.model
-            self.model.eval()
-            with torch.no_grad():
-                em = gen._generation_metrics(validation)["exact_match"]
-            self.model.train()
-            metrics[f"{metric_key_prefix}_exact_match"] = em
             trial, step = self._trial, self.state.global_step
+            gen.model = self.model
+            if args.metric == "exact_match":
+                self.model.eval()
+                with torch.no_grad():
+                    metrics[f"{metric_key_prefix}_exact_match"] = gen._generation_metrics(validation)["exact_match"]
+                self.model.train()
+                score = metrics[f"{metric_key_prefix}_exact_match"]
+            else:  # HF's own eval_loss steers the search, as a user gets it; the target is checked on lmtune's
+                score = metrics[f"{metric_key_prefix}_loss"]  # token-weighted loss, the oracle's definition
+                if step >= args.steps:
+                    gen.selects_logits = selects_logits(self.model)
+                    score = gen.evaluate()["eval_loss"]
             if trial is not None:
                 steps_of[trial.number] = step
-                log(f"  hf s{seed} trial {trial.number} step {step} exact_match={em:.3f} [{trial.params}] "
+                if step >= args.steps:
+                    final_of[trial.number] = score
+                log(f"  hf s{seed} trial {trial.number} step {step} {args.metric}={score:.4f} "
+                    f"(HF eval_loss {metrics[f'{metric_key_prefix}_loss']:.4f}) [{trial.params}] "
                     f"spent {spent_fte():.2f} FTE ({time.perf_counter() - t0:.0f}s)")
-                if (step >= args.steps and em >= target) or spent_fte() >= args.cap:
+                if grid is None and ((step >= args.steps and reaches(score, target, args.metric))
+                                     or spent_fte() >= args.cap):
                     trial.study.stop()  # takes effect when this trial ends (completed or pruned)
             return metrics
 
@@ -289,6 +342,8 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
         return load_model(cfg.model, cfg.train)
 
     def hp_space(trial: Any) -> dict[str, Any]:
+        if grid is not None:
+            return {k: trial.suggest_categorical(k, v) for k, v in grid.items()}
         return {"learning_rate": trial.suggest_float("learning_rate", LR_LOW, LR_HIGH, log=True),
                 "lr_scheduler_type": trial.suggest_categorical("lr_scheduler_type", SCHEDULERS)}
 
@@ -305,32 +360,58 @@ def run_hf(seed: int, args: argparse.Namespace, target: float, shared: Shared) -
     trainer = ExactMatchTrainer(model_init=model_init, args=targs, train_dataset=EncodedDataset(prepared.train),
                                 eval_dataset=EncodedDataset(prepared.validation), data_collator=collator)
     trainer.remove_callback(PrinterCallback)
-    db = args.workdir / f"hf-s{seed}.db"
+    name = f"b1-hf-s{seed}" if grid is None else "b1-hf-check"
+    db = args.workdir / f"{name}.db"
     db.unlink(missing_ok=True)
-    name = f"b1-hf-s{seed}"
+    sampler = optuna.samplers.TPESampler(seed=seed) if grid is None else optuna.samplers.GridSampler(grid)
     trainer.hyperparameter_search(
-        hp_space=hp_space, compute_objective=lambda m: m["eval_exact_match"], n_trials=500, direction="maximize",
-        backend="optuna", sampler=optuna.samplers.TPESampler(seed=seed), storage=f"sqlite:///{db}", study_name=name)
+        hp_space=hp_space, compute_objective=lambda m: m[f"eval_{args.metric.removeprefix('eval_')}"],
+        n_trials=500 if grid is None else math.prod(len(v) for v in grid.values()),
+        direction="maximize" if maximize else "minimize",
+        backend="optuna", sampler=sampler, storage=f"sqlite:///{db}", study_name=name)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     rows = []
     for tr in sorted(study.trials, key=lambda t: (t.datetime_complete or datetime.datetime.max, t.number)):
         if tr.state.is_finished():
-            rows.append({"number": tr.number, "state": tr.state.name, "value": tr.value,
+            value = final_of.get(tr.number) if tr.state.name == "COMPLETE" else None
+            rows.append({"number": tr.number, "state": tr.state.name, "value": value, "hf_value": tr.value,
                          "fte": steps_of.get(tr.number, 0) / args.steps, "params": tr.params})
     return rows
 
 
+def hf_check(args: argparse.Namespace, oracle: dict[str, Any], target: float, shared: Shared) -> list[Any]:
+    """The `--hf-check` best oracle configs trained by HF's trainer with the oracle's seeds: how far HF's
+    training lands from lmtune's on the same config and seed (a systematic gap would favour one side)."""
+    sign = -1 if MAXIMIZE[args.metric] else 1
+    out = []
+    for c in sorted(oracle["configs"], key=lambda c: sign * c["mean"])[: args.hf_check]:
+        grid = {"learning_rate": [c["learning_rate"]], "lr_scheduler_type": [c["lr_scheduler_type"]],
+                "seed": list(ORACLE_SEEDS)}
+        rows = run_hf(0, args, target, shared, grid=grid)
+        for r in rows:
+            seed = str(r["params"]["seed"])
+            out.append({"learning_rate": c["learning_rate"], "lr_scheduler_type": c["lr_scheduler_type"],
+                        "seed": seed, "hf": r["value"], "lmtune": c[args.metric][seed]})
+            log(f"hf check lr={c['learning_rate']:.3g} {c['lr_scheduler_type']} seed {seed}: HF {r['value']:.4f}, "
+                f"lmtune {c[args.metric][seed]:.4f}")
+    diffs = [o["hf"] - o["lmtune"] for o in out]
+    log(f"hf check: HF minus lmtune on the same config and seed: mean {statistics.fmean(diffs):+.4f}, "
+        f"std {statistics.stdev(diffs) if len(diffs) > 1 else float('nan'):.4f} over {len(diffs)} runs")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ summary
-def summarize(rows: list[dict[str, Any]], target: float, pbt: bool) -> dict[str, Any]:
-    complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
-    best = max((r["value"] for r in complete), default=float("nan"))
+def summarize(rows: list[dict[str, Any]], target: float, pbt: bool, metric: str) -> dict[str, Any]:
+    complete = [r["value"] for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    best = (max if MAXIMIZE[metric] else min)(complete, default=float("nan"))
     total = sum(r["fte"] for r in rows)
     if pbt:
-        return {"fte": total if best >= target else None, "best": best, "spent": total, "trials": len(rows)}
+        return {"fte": total if reaches(best, target, metric) else None, "best": best, "spent": total,
+                "trials": len(rows)}
     spent = 0.0
     for r in rows:
         spent += r["fte"]
-        if r["state"] == "COMPLETE" and r["value"] is not None and r["value"] >= target:
+        if r["state"] == "COMPLETE" and reaches(r["value"], target, metric):
             return {"fte": spent, "best": best, "spent": total, "trials": len(rows)}
     return {"fte": None, "best": best, "spent": total, "trials": len(rows)}
 
@@ -341,25 +422,27 @@ def fmt_fte(x: float | None, cap: float, pbt: bool = False) -> str:
     return f"{x:.2f}"
 
 
-def table(results: dict[str, Any], specs: list[str], seeds: list[int], target: float, cap: float) -> str:
+def table(results: dict[str, Any], specs: list[str], seeds: list[int], target: float, cap: float,
+          metric: str) -> str:
     lines = ["| strategy | FTE to target (seed " + ", ".join(map(str, seeds)) + ") | median | min–max | reached "
-             "| best exact_match found (per seed) | trials run | FTE spent | wall s |",
+             f"| best {metric} found (per seed) | trials run | FTE spent | wall s |",
              "|---|---|---:|---|---:|---|---:|---:|---:|"]
     for spec in specs:
         runs = [results.get(f"{spec}|{s}") for s in seeds]
         if any(r is None for r in runs):
             continue
-        sums = [summarize(r["rows"], target, spec == "pbt") for r in runs]
+        sums = [summarize(r["rows"], target, spec == "pbt", metric) for r in runs]
         ftes = sorted((s["fte"] if s["fte"] is not None else math.inf) for s in sums)
         med = statistics.median(ftes)
         reached = [f for f in ftes if math.isfinite(f)]
         lo = f"{min(reached):.2f}" if reached else "–"
         hi = f"{max(ftes):.2f}" if math.isfinite(max(ftes)) else "missed" if spec == "pbt" else f">{cap:g}"
+        digits = ".4f" if metric == "eval_loss" else ".3f"
         label = {"hf": "HF hyperparameter_search (optuna)", "grid": "grid (replayed)"}.get(spec, spec)
         lines.append(
             f"| {label} | {', '.join(fmt_fte(s['fte'], cap, spec == 'pbt') for s in sums)} | "
             f"{fmt_fte(med if math.isfinite(med) else None, cap)} | {lo}–{hi} | {len(reached)}/{len(seeds)} | "
-            f"{', '.join(format(s['best'], '.3f') for s in sums)} | {sum(s['trials'] for s in sums)} | "
+            f"{', '.join(format(s['best'], digits) for s in sums)} | {sum(s['trials'] for s in sums)} | "
             f"{sum(s['spent'] for s in sums):.1f} | {sum(r['seconds'] for r in runs):.0f} |")
     return "\n".join(lines)
 
@@ -368,16 +451,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--strategies", default=ALL, help=f"comma list from {ALL}, asha@50, auto@50 (default: all)")
     p.add_argument("--seeds", default="0,1,2", help="search seeds (the HF sampler seed for hf)")
+    p.add_argument("--metric", choices=sorted(MAXIMIZE), default="exact_match",
+                   help="the objective; eval_loss (minimized) is the redesign of issue 13")
     p.add_argument("--steps", type=int, default=120, help="optimizer steps of a full-length run")
+    p.add_argument("--eval-steps", type=int, default=25, help="optimizer steps between evaluations")
+    p.add_argument("--noise-margin", type=float, default=2.0,
+                   help="eval_loss: target = oracle + this x the noise floor (seed std)")
     p.add_argument("--cap", type=float, default=12.0, help="FTE cap per run")
-    p.add_argument("--min-resource", type=int, default=25, help="pruning strategies: steps before the first rung")
+    p.add_argument("--min-resource", type=int, default=25,
+                   help="pruning strategies: steps before the first rung; 0 = search.min_resource unset")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--grid-verify", type=int, default=1, help="grid trials trained for real to check the replay")
     p.add_argument("--recompute-oracle", action="store_true")
-    p.add_argument("--oracle-file", type=Path, default=HERE / "b1_oracle.json")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b1"))
+    p.add_argument("--oracle-file", type=Path, default=None,
+                   help="default bench/b1_oracle.json (exact_match), bench/b1_oracle_eval_loss.json (eval_loss)")
+    p.add_argument("--workdir", type=Path, default=None, help="default /tmp/lmtune-b1, /tmp/lmtune-b1-eval_loss")
     p.add_argument("--rerun", action="store_true", help="train runs again even if results.json holds them")
+    p.add_argument("--hf-check", type=int, default=0,
+                   help="train the best N oracle configs with HF's trainer, oracle seeds, and compare")
     args = p.parse_args()
+    suffix = "" if args.metric == "exact_match" else f"_{args.metric}"
+    args.oracle_file = args.oracle_file or HERE / f"b1_oracle{suffix}.json"
+    args.workdir = args.workdir or Path(f"/tmp/lmtune-b1{suffix.replace('_', '-', 1)}")
     args.command = ".venv/bin/python bench/b1_builtin.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -389,16 +484,17 @@ def main() -> None:
     quiet_libraries()
     shared = Shared(args)
     oracle = compute_oracle(args, shared, args.oracle_file)
-    target = 0.99 * oracle["oracle"]
+    target = target_of(oracle, args)
     best = oracle["best"]
     log(f"oracle {oracle['oracle']:.4f} (lr={best['learning_rate']:.3g}, {best['lr_scheduler_type']}); "
-        f"target {target:.4f}")
+        f"target {target:.4f}; noise {oracle.get('noise')}")
 
     specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     res_path = args.workdir / "results.json"
     results: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {}
-    tag = f"steps={args.steps} cap={args.cap:g} target={target:.6f} min_resource={args.min_resource}"
+    tag = (f"metric={args.metric} steps={args.steps} eval_steps={args.eval_steps} cap={args.cap:g} "
+           f"target={target:.6f} min_resource={args.min_resource}")
     if results.get("_tag") != tag:
         results = {"_tag": tag}
     for spec in specs:
@@ -416,19 +512,27 @@ def main() -> None:
                 rows = run_lmtune(spec, seed, args, target)
             results[k] = {"rows": rows, "seconds": time.perf_counter() - t0}
             res_path.write_text(json.dumps(results, indent=1))
-            s = summarize(rows, target, spec == "pbt")
+            s = summarize(rows, target, spec == "pbt", args.metric)
             log(f"done {spec} seed {seed}: FTE to target {fmt_fte(s['fte'], args.cap)}, best {s['best']:.3f}, "
                 f"{len(rows)} trials, {time.perf_counter() - t0:.0f}s")
 
+    if args.hf_check:
+        results["hf_check"] = hf_check(args, oracle, target, shared)
+        res_path.write_text(json.dumps(results, indent=1))
+
     print()
-    print(f"Oracle (best mean exact_match over seeds {', '.join(map(str, ORACLE_SEEDS))} on the 24-point grid): "
+    print(f"Oracle (best mean {args.metric} over seeds {', '.join(map(str, ORACLE_SEEDS))} on the 24-point grid): "
           f"{oracle['oracle']:.4f} at learning_rate={best['learning_rate']:.3g}, {best['lr_scheduler_type']} "
-          f"(per seed {best['exact_match']}); target = 0.99 x oracle = {target:.4f}")
-    top = sorted(oracle["configs"], key=lambda c: -c["mean"])[:5]
+          f"(per seed {best[args.metric]}); target = {target:.4f}")
+    if "noise" in oracle:
+        print(f"Noise floor (std of one config across training seeds): median {oracle['noise']['median_std']:.4f}, "
+              f"best config {oracle['noise']['best_std']:.4f}")
+    sign = -1 if MAXIMIZE[args.metric] else 1
+    top = sorted(oracle["configs"], key=lambda c: sign * c["mean"])[:5]
     print("Top oracle configs: " + "; ".join(f"lr={c['learning_rate']:.3g} {c['lr_scheduler_type']} "
                                              f"{c['mean']:.4f}" for c in top))
     print()
-    print(table(results, specs, seeds, target, args.cap))
+    print(table(results, specs, seeds, target, args.cap, args.metric))
     print(f"\n{args.command}\ntotal wall time of this invocation: {time.perf_counter() - t_all:.0f}s", flush=True)
 
 

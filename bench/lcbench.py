@@ -30,6 +30,13 @@ Issue 13 (the new `auto`; `bohb` is the earlier auto), with the commands behind 
     .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --first-seed 20 --seeds 30 \
         --per-task --out runs/lcbench-b2
 
+Issue 13's follow-up probes of the model inside auto (seeds 0..19 only; BENCHMARKS.md, "Probes for the targets"):
+
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[startup=10];auto[z=9]' --seeds 20 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[pw=2];auto[endp=1];auto[ei=8]' --seeds 20 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[ei=64];auto[ei=128]' --seeds 20 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[endp=1];auto[inner=gp]' --seeds 5 --out runs/auto-dev
+
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """
 

@@ -35,7 +35,7 @@ Issue 13's follow-up probes of the model inside auto (seeds 0..19 only; BENCHMAR
     .venv/bin/python bench/lcbench.py --specs 'auto;auto[startup=10];auto[z=9]' --seeds 20 --out runs/auto-dev
     .venv/bin/python bench/lcbench.py --specs 'auto;auto[pw=2];auto[endp=1];auto[ei=8]' --seeds 20 --out runs/auto-dev
     .venv/bin/python bench/lcbench.py --specs 'auto;auto[ei=64];auto[ei=128]' --seeds 20 --out runs/auto-dev
-    .venv/bin/python bench/lcbench.py --specs 'auto;auto[endp=1];auto[inner=gp]' --seeds 5 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[endp=1];auto[inner=gp]' --seeds 6 --out runs/auto-dev
 
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """

@@ -30,6 +30,13 @@ Issue 13 (the new `auto`; `bohb` is the earlier auto), with the commands behind 
     .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --first-seed 20 --seeds 30 \
         --per-task --out runs/lcbench-b2
 
+Issue 13's follow-up probes of the model inside auto (seeds 0..19 only; BENCHMARKS.md, "Probes for the targets"):
+
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[startup=10];auto[z=9]' --seeds 20 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[pw=2];auto[endp=1];auto[ei=8]' --seeds 20 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[ei=64];auto[ei=128]' --seeds 20 --out runs/auto-dev
+    .venv/bin/python bench/lcbench.py --specs 'auto;auto[endp=1];auto[inner=gp]' --seeds 6 --out runs/auto-dev
+
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """
 
@@ -132,6 +139,12 @@ class Spec:
     plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
     warm: int | None = None  # 1 = warm-start from one study per other development task (leave-one-task-out)
     prior: int | None = None  # baseline (trial 0 and the prior): 1 = good, 2 = bad (see `prior_config`)
+    # auto only, the model inside CurveSampler (issue 13 follow-up probes): inner=gp is Optuna's GPSampler in
+    # place of TPE; ei / pw / endp are TPE's n_ei_candidates / prior_weight / consider_endpoints (0 or 1)
+    inner: str | None = None
+    ei: int | None = None
+    pw: float | None = None
+    endp: int | None = None
 
     @property
     def label(self) -> str:
@@ -140,7 +153,7 @@ class Spec:
             extra += [f"rf={self.rf}", f"min={self.min_r}"]
         elif self.min_r is not None:
             extra.append(f"min={self.min_r}")
-        for key in ("startup", "z", "z0", "ratio", "rand", "plain", "warm", "prior"):
+        for key in ("startup", "z", "z0", "ratio", "rand", "plain", "warm", "prior", "inner", "ei", "pw", "endp"):
             value = getattr(self, key)
             if value is not None:
                 extra.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
@@ -154,7 +167,8 @@ class Spec:
         for item in filter(None, rest.rstrip("]").split(",")):
             key, _, value = item.partition("=")
             key = {"min": "min_r"}.get(key.strip(), key.strip())
-            fields[key] = float(value) if key in ("z", "z0", "ratio", "rand") else int(value)
+            floats = ("z", "z0", "ratio", "rand", "pw")
+            fields[key] = value.strip() if key == "inner" else float(value) if key in floats else int(value)
         return cls(name.strip(), **fields)
 
 
@@ -212,6 +226,8 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         curves = study.optuna.sampler
         assert isinstance(curves, CurveSampler)
         curves.random_fraction = spec.rand
+    if spec.strategy == "auto" and (spec.inner or spec.ei or spec.pw is not None or spec.endp is not None):
+        replace_inner(study.optuna.sampler, spec, seed)
     if spec.strategy == "auto" and spec.plain:
         study.optuna.sampler = study.optuna.sampler.inner  # type: ignore[attr-defined]
 
@@ -236,6 +252,34 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         if epochs == MAX_EPOCH:
             events.append([spent, float(t.user_attrs["metrics"]["val_accuracy"])])
     return {"events": events, "epochs": spent, "trials": len(study.trials), "states": states, "seconds": elapsed}
+
+
+def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
+    """Swap the model inside auto's CurveSampler for the probe `spec` names (same seed and startup trials)."""
+    import warnings
+
+    import optuna
+
+    from lmtune.strategies._lc_sampler import CurveSampler
+
+    assert isinstance(sampler, CurveSampler) and isinstance(sampler.inner, optuna.samplers.TPESampler)
+    startup = sampler.inner._n_startup_trials
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.inner == "gp":
+            sampler.inner = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
+                                                      warn_independent_sampling=False)
+            return
+        assert spec.inner in (None, "tpe"), spec.inner
+        knobs: dict[str, Any] = {}
+        if spec.ei:
+            knobs["n_ei_candidates"] = spec.ei
+        if spec.pw is not None:
+            knobs["prior_weight"] = spec.pw
+        if spec.endp is not None:
+            knobs["consider_endpoints"] = bool(spec.endp)
+        sampler.inner = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
+                                                   group=True, **knobs)
 
 
 def prior_config(instance: str, good: bool) -> dict[str, Any]:

@@ -5,6 +5,8 @@ an in-memory `lmtune.Study`; the time spent in the sampler's proposal methods an
 per trial. The objective itself costs microseconds, so the study's wall time is almost all strategy overhead.
 
     PYTHONPATH=src .venv/bin/python bench/sampler_time.py --strategies auto,tpe,bohb --trials 300
+
+``auto[inner=gp]`` is ``auto`` with Optuna's GPSampler in place of its TPE (the issue-13 probe of bench/lcbench.py).
 """
 
 from __future__ import annotations
@@ -36,12 +38,20 @@ def _timed(obj: Any, name: str, into: list[float]) -> None:
 
 
 def run(strategy: str, n_trials: int, seed: int) -> dict[str, float]:
+    import optuna
+
     import lmtune
 
     rng = np.random.default_rng(seed)
     centre = rng.random(6)
-    study = lmtune.Study(f"t-{strategy}", "memory://", space=SPACE, strategy=strategy, metric="acc",
+    name, _, variant = strategy.partition("[")
+    study = lmtune.Study(f"t-{strategy}", "memory://", space=SPACE, strategy=name, metric="acc",
                          direction="maximize", seed=seed, max_resource=STEPS)
+    if variant == "inner=gp]":
+        study.optuna.sampler.inner = optuna.samplers.GPSampler(  # type: ignore[attr-defined]
+            seed=seed, n_startup_trials=5, warn_independent_sampling=False)
+    elif variant:
+        raise SystemExit(f"unknown variant {strategy!r}")
     per_trial: list[float] = []
     current: list[float] = []
     sampler, pruner = study.optuna.sampler, study.optuna.pruner

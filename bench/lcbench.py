@@ -30,6 +30,22 @@ Issue 13 (the new `auto`; `bohb` is the earlier auto), with the commands behind 
     .venv/bin/python bench/lcbench.py --report-only --specs auto --paired auto --first-seed 20 --seeds 30 \
         --per-task --out runs/lcbench-b2
 
+Warm-start (warm=1: leave-one-task-out from one source study per other --warm-from task, default the dev list)
+and the prior (prior=1: a good baseline, prior=2: a bad one), issue 13's warm-start and bad-prior targets:
+
+    .venv/bin/python bench/lcbench.py --warm-sources --specs 'auto;auto[warm=1];auto[prior=1];auto[prior=2]' \
+        --seeds 20 --out runs/b2-warm
+    .venv/bin/python bench/lcbench.py --warm-sources --specs 'auto;auto[warm=1];auto[prior=1];auto[prior=2]' \
+        --first-seed 20 --seeds 30 --out runs/b2-warm   # held-out seeds
+    .venv/bin/python bench/lcbench.py --report-only --specs 'auto;auto[warm=1];auto[prior=1];auto[prior=2]' \
+        --paired auto --fte-ratio auto --per-task --seeds 20 --out runs/b2-warm   # and --first-seed 20 --seeds 30
+    # tasks outside the dev list (the first five others in encoding.json), warm-started from the 12 dev studies:
+    .venv/bin/python bench/lcbench.py --warm-sources --instances 167083,167190,167200,167201,168329 \
+        --specs 'auto;auto[warm=1]' --seeds 10 --paired auto --per-task --out runs/b2-warm
+
+A warm=1 record names the tasks it read (`warm_from`); runs are keyed by label, task, seed and budget, so give
+each --warm-from list its own --out.
+
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """
 

@@ -37,6 +37,22 @@ Issue 13's follow-up probes of the model inside auto (seeds 0..19 only; BENCHMAR
     .venv/bin/python bench/lcbench.py --specs 'auto;auto[ei=64];auto[ei=128]' --seeds 20 --out runs/auto-dev
     .venv/bin/python bench/lcbench.py --specs 'auto;auto[endp=1];auto[inner=gp]' --seeds 6 --out runs/auto-dev
 
+Warm-start (warm=1: leave-one-task-out from one source study per other --warm-from task, default the dev list)
+and the prior (prior=1: a good baseline, prior=2: a bad one), issue 13's warm-start and bad-prior targets:
+
+    .venv/bin/python bench/lcbench.py --warm-sources --specs 'auto;auto[warm=1];auto[prior=1];auto[prior=2]' \
+        --seeds 20 --out runs/b2-warm
+    .venv/bin/python bench/lcbench.py --warm-sources --specs 'auto;auto[warm=1];auto[prior=1];auto[prior=2]' \
+        --first-seed 20 --seeds 30 --out runs/b2-warm   # held-out seeds
+    .venv/bin/python bench/lcbench.py --report-only --specs 'auto;auto[warm=1];auto[prior=1];auto[prior=2]' \
+        --paired auto --fte-ratio auto --per-task --seeds 20 --out runs/b2-warm   # and --first-seed 20 --seeds 30
+    # tasks outside the dev list (the first five others in encoding.json), warm-started from the 12 dev studies:
+    .venv/bin/python bench/lcbench.py --warm-sources --instances 167083,167190,167200,167201,168329 \
+        --specs 'auto;auto[warm=1]' --seeds 10 --paired auto --per-task --out runs/b2-warm
+
+A warm=1 record names the tasks it read (`warm_from`); runs are keyed by label, task, seed and budget, so give
+each --warm-from list its own --out.
+
 Results are appended to --out (one JSON line per run); runs already there are skipped, so a run can be resumed.
 """
 
@@ -205,9 +221,9 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         kwargs["min_resource"] = spec.min_r
     if spec.prior:
         kwargs["baseline"] = prior_config(instance, good=spec.prior == 1)
-    if spec.warm:
-        url = os.environ[WARM_ENV]
-        kwargs["warm_start"] = [{"study": f"src-{t}", "storage": url} for t in DEV_INSTANCES if t != instance]
+    sources = warm_sources(instance) if spec.warm else []
+    if sources:
+        kwargs["warm_start"] = [{"study": f"src-{t}", "storage": os.environ[WARM_ENV]} for t in sources]
     study = lmtune.Study(f"lcbench-{instance}-{spec.label}-{seed}", "memory://", space=SPACE,
                          strategy=spec.strategy, metric="val_accuracy", direction="maximize", seed=seed, **kwargs)
     if spec.strategy == "auto" and (spec.z is not None or spec.ratio is not None or spec.z0 is not None):
@@ -231,6 +247,24 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
     if spec.strategy == "auto" and spec.plain:
         study.optuna.sampler = study.optuna.sampler.inner  # type: ignore[attr-defined]
 
+    start = time.perf_counter()
+    study.optimize(make_objective(surrogate, instance), budget_fte=budget)
+    elapsed = time.perf_counter() - start
+    spent, events, states = 0, [], {}
+    for t in sorted(study.trials, key=lambda t: t.number):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+        epochs = int(t.user_attrs.get("epochs", 0))
+        spent += epochs
+        if epochs == MAX_EPOCH:
+            events.append([spent, float(t.user_attrs["metrics"]["val_accuracy"])])
+    out = {"events": events, "epochs": spent, "trials": len(study.trials), "states": states, "seconds": elapsed}
+    return out | ({"warm_from": sources} if spec.warm else {})
+
+
+def make_objective(surrogate: Surrogate, instance: str) -> Any:
+    """The objective of one task: reveals the surrogate's curve epoch by epoch until the strategy stops it."""
+    import lmtune
+
     def objective(ctx: lmtune.TrialContext) -> dict[str, float]:
         acc, seconds = surrogate.curve(instance, ctx.params)
         epoch = 0
@@ -241,17 +275,7 @@ def run_lmtune(spec: Spec, instance: str, seed: int, budget: float) -> dict[str,
         ctx.set("epochs", epoch)
         return {"val_accuracy": float(acc[epoch - 1])}
 
-    start = time.perf_counter()
-    study.optimize(objective, budget_fte=budget)
-    elapsed = time.perf_counter() - start
-    spent, events, states = 0, [], {}
-    for t in sorted(study.trials, key=lambda t: t.number):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-        epochs = int(t.user_attrs.get("epochs", 0))
-        spent += epochs
-        if epochs == MAX_EPOCH:
-            events.append([spent, float(t.user_attrs["metrics"]["val_accuracy"])])
-    return {"events": events, "epochs": spent, "trials": len(study.trials), "states": states, "seconds": elapsed}
+    return objective
 
 
 def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
@@ -308,31 +332,28 @@ def prior_config(instance: str, good: bool) -> dict[str, Any]:
 
 
 WARM_ENV = "LCBENCH_WARM_DB"
+WARM_FROM_ENV = "LCBENCH_WARM_FROM"  # comma list of the tasks whose source studies warm=1 reads (--warm-from)
 WARM_SEED = 1000  # the source studies' search seed, apart from every benchmark seed
 
 
-def make_warm_sources(out: Path) -> str:
-    """One shipped-`auto` study of 30 FTE per development task (seed WARM_SEED) in a SQLite file: the past
-    studies that leave-one-task-out warm-starting reads (every other task's study, never the task's own)."""
+def warm_sources(instance: str) -> list[str]:
+    """The tasks whose source studies a warm=1 run on `instance` reads: --warm-from without the task itself
+    (leave-one-task-out when the task is in that list)."""
+    return [t for t in os.environ.get(WARM_FROM_ENV, ",".join(DEV_INSTANCES)).split(",") if t and t != instance]
+
+
+def make_warm_sources(out: Path, instances: list[str]) -> str:
+    """One shipped-`auto` study of 30 FTE per task (seed WARM_SEED) in a SQLite file: the past studies that
+    warm-starting reads (every other listed task's study, never the task's own) and prior=1 takes its good
+    baseline from (the task's own)."""
     import lmtune
 
     url = f"sqlite:///{(out / 'warm-sources.db').resolve()}"
-    for instance in DEV_INSTANCES:
-        surrogate = _surrogate()
+    for instance in instances:
         study = lmtune.Study(f"src-{instance}", url, space=SPACE, strategy="auto", metric="val_accuracy",
                              direction="maximize", seed=WARM_SEED, max_resource=MAX_EPOCH)
-
-        def objective(ctx: lmtune.TrialContext, instance: str = instance,
-                      surrogate: Surrogate = surrogate) -> dict[str, float]:
-            acc, _ = surrogate.curve(instance, ctx.params)
-            epoch = 0
-            for epoch in range(1, MAX_EPOCH + 1):
-                if ctx.report(epoch, {"val_accuracy": acc[epoch - 1]}):
-                    break
-            ctx.set("cost", {"fte": epoch / MAX_EPOCH})
-            return {"val_accuracy": float(acc[epoch - 1])}
-
-        study.optimize(objective, budget_fte=30)  # resumed: nothing runs once the budget is spent
+        # Resumed: nothing runs once the budget is spent.
+        study.optimize(make_objective(_surrogate(), instance), budget_fte=30)
     return url
 
 
@@ -475,15 +496,16 @@ def main_table(records: list[dict[str, Any]], ref: dict[str, float], labels: lis
 
 
 def task_table(records: list[dict[str, Any]], ref: dict[str, float], labels: list[str], instances: list[str],
-               seeds: list[int], budget: float) -> str:
-    """Mean normalized regret (%) per task at the full budget."""
+               seeds: list[int], budget: float, at: float | None = None) -> str:
+    """Mean normalized regret (%) per task at `at` FTE (default: the full budget) of runs of `budget` FTE."""
+    at = budget if at is None else at
     groups = group(records, labels, instances, seeds, budget)
     shown = [label for label in labels if label in groups]
     lines = ["| task | ref (%) | " + " | ".join(shown) + " |", "|" + "---|" * (2 + len(shown))]
     for inst in instances:
         cells = []
         for label in shown:
-            stat = summarize([r for r in groups[label] if r["instance"] == inst], ref, budget)
+            stat = summarize([r for r in groups[label] if r["instance"] == inst], ref, at)
             cells.append(cell(stat, "mean"))
         lines.append(f"| {inst} | {ref[inst]:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -503,6 +525,46 @@ def paired_table(records: list[dict[str, Any]], ref: dict[str, float], label: st
             cells.append(f"{delta:+.2f} ± {se:.2f}")
         lines.append(f"| {other} | {len(groups[label])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def budget_to_reach(recs: list[dict[str, Any]], ref: dict[str, float], level: float, budget: float) -> float | None:
+    """The smallest budget (FTE, to the epoch) by which every run has an epoch-52 value and the mean regret is
+    <= `level`; None if not within `budget`. Both conditions only become true as the budget grows, so bisect."""
+    def reached(epochs: int) -> bool:
+        s = summarize(recs, ref, epochs / MAX_EPOCH)
+        return s["k"] == s["n"] and s["mean"] <= level
+
+    lo, hi = 0, int(round(budget * MAX_EPOCH))
+    if not recs or not reached(hi):
+        return None
+    while hi - lo > 1:  # invariant: not reached at lo (0 epochs never is), reached at hi
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reached(mid) else (mid, hi)
+    return hi / MAX_EPOCH
+
+
+def fte_ratio_table(records: list[dict[str, Any]], ref: dict[str, float], label: str, labels: list[str],
+                    instances: list[str], seeds: list[int], budget: float) -> str:
+    """For each level = `label`'s mean regret at 5, 10 and 30 FTE: the FTE each setting needs to reach it and
+    the ratio to what `label` itself needs (both to the epoch, by `budget_to_reach`)."""
+    groups = group(records, [label, *labels], instances, seeds, budget)
+    if label not in groups:
+        return f"(no runs of {label})"
+    points = [c for c in (5, 10, 30) if c <= budget]
+    lines = ["| setting | " + " | ".join(f"FTE to {label}'s @{c} FTE | ratio" for c in points) + " |",
+             "|" + "---|" * (1 + 2 * len(points))]
+    levels = [summarize(groups[label], ref, c)["mean"] for c in points]
+    own = [budget_to_reach(groups[label], ref, level, budget) for level in levels]
+    for other in dict.fromkeys([label, *labels]):
+        if other not in groups:
+            continue
+        cells = []
+        for level, base in zip(levels, own, strict=True):
+            fte = budget_to_reach(groups[other], ref, level, budget)
+            ratio = "—" if base is None else f"> {budget / base:.2f}" if fte is None else f"{fte / base:.2f}"
+            cells.append(f"{f'> {budget:g}' if fte is None else f'{fte:.2f}'} | {ratio}")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return f"levels (mean regret %): {', '.join(f'{x:.2f}' for x in levels)}\n\n" + "\n".join(lines)
 
 
 def sweep_specs() -> list[Spec]:
@@ -588,11 +650,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--paired", default="",
                    help="print the paired difference (same task and seed) of this setting's regret to each other "
                         "setting's, at 10 and 30 FTE, e.g. --paired auto")
+    p.add_argument("--fte-ratio", default="",
+                   help="print, for this setting's mean regret at 5, 10 and 30 FTE, the FTE each setting needs to "
+                        "reach it (to the epoch) and the ratio to this setting's own, e.g. --fte-ratio auto")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
     p.add_argument("--report-only", action="store_true", help="print the tables from --out without running")
     p.add_argument("--warm-sources", action="store_true",
-                   help="make (or reuse) --out/warm-sources.db, the past studies that settings with warm=1 read")
+                   help="make (or reuse) --out/warm-sources.db, the past studies that settings with warm=1 read "
+                        "(one per --warm-from task) and prior=1 takes its baseline from (one per --instances task)")
+    p.add_argument("--warm-from", default=",".join(DEV_INSTANCES),
+                   help="OpenML task ids whose source studies warm=1 reads, a run's own task always left out "
+                        "(default: the 12 dev, i.e. leave-one-task-out on them)")
     args = p.parse_args(argv)
 
     instances = [i.strip() for i in args.instances.split(",") if i.strip()]
@@ -606,9 +675,12 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     extra_specs = [Spec.parse(x) for x in args.specs.split(";") if x.strip()]
     sweep_seeds = list(range(args.sweep_seeds))
+    warm_from = [i.strip() for i in args.warm_from.split(",") if i.strip()]
+    os.environ[WARM_FROM_ENV] = ",".join(warm_from)  # read by the runs (worker processes inherit it)
     if args.warm_sources and not args.report_only:
         args.out.mkdir(parents=True, exist_ok=True)
-        os.environ[WARM_ENV] = make_warm_sources(args.out)
+        own = instances if any(s.prior == 1 for s in extra_specs) else []
+        os.environ[WARM_ENV] = make_warm_sources(args.out, list(dict.fromkeys(warm_from + own)))
     if not args.report_only:
         if args.sweep:
             tasks = [(s, i, seed, args.budget) for s in sweep_specs() if s.strategy in strategies
@@ -636,9 +708,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n## Paired difference of {args.paired} to each setting (regret % points, mean ± s.e.; negative: "
               f"{args.paired} is better), {len(seeds)} seeds\n")
         print(paired_table(records, ref, args.paired, labels, instances, seeds, args.budget))
+    if args.fte_ratio:
+        print(f"\n## FTE to reach {args.fte_ratio}'s mean regret at 5, 10, 30 FTE (all runs with an epoch-52 "
+              f"value; ratio to {args.fte_ratio}'s own FTE), {len(seeds)} seeds\n")
+        print(fte_ratio_table(records, ref, args.fte_ratio, labels, instances, seeds, args.budget))
     if args.per_task:
-        print(f"\n## Mean normalized regret (%) per task at {args.budget:g} FTE, {len(seeds)} seeds\n")
-        print(task_table(records, ref, labels, instances, seeds, args.budget))
+        for c in sorted({min(10.0, args.budget), args.budget}):
+            print(f"\n## Mean normalized regret (%) per task at {c:g} FTE, {len(seeds)} seeds\n")
+            print(task_table(records, ref, labels, instances, seeds, args.budget, c))
     if args.sweep:
         print(f"\n## Sweep: normalized regret (%), {len(instances)} tasks x {len(sweep_seeds)} seeds\n")
         print(sweep_table(records, ref, instances, sweep_seeds, args.budget))

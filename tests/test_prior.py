@@ -18,23 +18,28 @@ def _unit_distance(params: dict, centre: dict) -> float:
     return math.hypot(dx, dlr)
 
 
-def _first_proposals(baseline: dict | None, objective, n: int = 10, seed: int = 0) -> list[dict]:
+def _first_proposals(baseline: dict | None, objective, n: int = 10, seed: int = 0) -> list[tuple[dict, str]]:
+    """(parameters, where the sampler drew them from) of the first trials after the baseline."""
     study = Study("p", "memory://", space=SPACE, strategy="auto", metric="v", direction="maximize", seed=seed,
                   baseline=baseline)
     study.optimize(objective, n_trials=n)
     trials = sorted(study.trials, key=lambda t: t.number)
-    return [t.params for t in trials if not t.user_attrs.get("baseline")]
+    return [(t.params, t.system_attrs.get(SOURCE_ATTR)) for t in trials if not t.user_attrs.get("baseline")]
 
 
 def test_first_proposals_concentrate_near_the_baseline():
+    """Half of them are drawn around it; the other half are uniform draws, the reference a bad baseline would
+    lose to (`test_a_bad_prior_loses_its_share`)."""
     baseline = {"x": 0.8, "lr": 1e-3, "opt": "sgd"}
 
     def objective(ctx):
         return {"v": -_unit_distance(ctx.params, baseline)}
 
-    guided = [_unit_distance(p, baseline) for p in _first_proposals(baseline, objective)]
-    unguided = [_unit_distance(p, baseline) for p in _first_proposals(None, objective)]
-    assert np.median(guided) < 0.2 < np.median(unguided)
+    guided = _first_proposals(baseline, objective)
+    near = [_unit_distance(p, baseline) for p, source in guided if source == "prior"]
+    assert len(near) >= 3 and np.median(near) < 0.2
+    unguided = [_unit_distance(p, baseline) for p, _ in _first_proposals(None, objective)]
+    assert np.median([_unit_distance(p, baseline) for p, _ in guided]) < np.median(unguided) - 0.1
     # A categorical near the baseline keeps the baseline's choice most of the time.
     rng = np.random.default_rng(0)
     dist = optuna.distributions.CategoricalDistribution(["adamw", "sgd", "rmsprop"])
@@ -57,6 +62,9 @@ def test_a_bad_prior_loses_its_share():
     sources = [t.system_attrs.get(SOURCE_ATTR) for t in trials[1:]]
     early, late = sources[:10].count("prior"), sources[-20:].count("prior")
     assert early >= 3 and late <= 2
+    # TPE's start-up is its own: uniform draws over the whole space, not the prior's cluster in the bad corner.
+    uniform = [t.params for t in trials[1:] if t.system_attrs.get(SOURCE_ATTR) == "uniform"]
+    assert len(uniform) == 5 and max(_unit_distance(p, baseline) for p in uniform) > 0.5
     assert study.best_trial.params["x"] > 0.7 and study.best_trial.params["lr"] > 1e-2
 
 

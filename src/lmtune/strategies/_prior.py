@@ -6,7 +6,9 @@ prior (a Gaussian around the baseline in the space's unit cube), the incumbent's
 the best trial so far), or the inner sampler (TPE, which covers the whole space). As in piBO (Hvarfner et al.,
 ICLR 2022) the prior's share decays as trials accumulate, and, as PriorBand's dynamic weighting does, it decays
 faster when the trials drawn near the baseline rank worse than the others: a bad baseline then costs a few
-trials, not the search.
+trials, not the search. The first proposals alternate with uniform draws (PriorBand keeps a uniform share): without
+them the prior's and the incumbent's proposals fill the study's first trials, the prior is ranked only against its
+own neighbourhood, and TPE starts from trials clustered around a bad baseline (B2 in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.strategies._wrapping import WrappingSampler
 
-SOURCE_ATTR = "prior_source"  # system attribute: "prior", "incumbent" or "model", where a proposal came from
+SOURCE_ATTR = "prior_source"  # system attribute: "prior", "incumbent", "uniform" or "model": a proposal's source
 
 
 class PriorSampler(WrappingSampler):
@@ -31,7 +33,8 @@ class PriorSampler(WrappingSampler):
     The chance of a prior proposal is ``p_prior * decay / (decay + n)`` after n finished trials, times the
     prior's standing: the share of finished prior proposals that rank in the better half of the study
     (Laplace-smoothed, so it starts at 1/2 and falls when the baseline's neighbourhood disappoints). The chance
-    of an incumbent proposal is `p_incumbent` once `min_for_incumbent` trials have finished.
+    of an incumbent proposal is `p_incumbent` once `min_for_incumbent` trials have finished. Until there are
+    `n_uniform` uniform draws, every other proposal is one.
 
     Example::
 
@@ -40,10 +43,10 @@ class PriorSampler(WrappingSampler):
 
     def __init__(self, inner: optuna.samplers.BaseSampler, prior: Mapping[str, Any], seed: int | None = None,
                  p_prior: float = 0.8, decay: float = 10.0, p_incumbent: float = 0.2, width: float = 0.15,
-                 min_for_incumbent: int = 5):
+                 min_for_incumbent: int = 5, n_uniform: int = 5):
         self.inner, self.prior = inner, dict(prior)
         self.p_prior, self.decay, self.p_incumbent, self.width = p_prior, decay, p_incumbent, width
-        self.min_for_incumbent = min_for_incumbent
+        self.min_for_incumbent, self.n_uniform = min_for_incumbent, n_uniform
         self._rng = np.random.default_rng(seed)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -53,11 +56,14 @@ class PriorSampler(WrappingSampler):
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        source, centre = self._source(study)
-        if centre is None or not search_space:
-            study._storage.set_trial_system_attr(trial._trial_id, SOURCE_ATTR, "model")
-            return self.inner.sample_relative(study, trial, search_space)
+        source, centre = ("uniform", None) if search_space and self._uniform_due(study) else self._source(study)
+        if not search_space:
+            source = "model"
         study._storage.set_trial_system_attr(trial._trial_id, SOURCE_ATTR, source)
+        if source == "uniform":
+            return {name: _uniform(dist, self._rng) for name, dist in search_space.items()}
+        if centre is None:
+            return self.inner.sample_relative(study, trial, search_space)
         width = self.width if source == "prior" else self.width / 2
         return {name: _perturb(dist, centre[name], width, self._rng) if name in centre else
                 _uniform(dist, self._rng) for name, dist in search_space.items()}
@@ -73,6 +79,13 @@ class PriorSampler(WrappingSampler):
         if u < p_prior + self.p_incumbent and len(finished) >= self.min_for_incumbent and complete:
             return "incumbent", study.best_trial.params
         return "model", None
+
+    def _uniform_due(self, study: optuna.Study) -> bool:
+        """Uniform draws alternate with the guided ones until there are `n_uniform`: they are what the prior's
+        standing is judged against, and what TPE starts from."""
+        sources = [t.system_attrs.get(SOURCE_ATTR) for t in study.get_trials(deepcopy=False)]
+        guided = sources.count("prior") + sources.count("incumbent")
+        return sources.count("uniform") < min(self.n_uniform, guided)
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()

@@ -6,7 +6,8 @@ import numpy as np
 import optuna
 
 from lmtune import Study
-from lmtune.strategies._prior import SOURCE_ATTR, PriorSampler, _perturb
+from lmtune.records import PRIOR_SOURCE
+from lmtune.strategies._prior import PriorSampler, _perturb
 
 SPACE = {"x": {"low": 0.0, "high": 1.0}, "lr": {"low": 1e-5, "high": 1e-1, "log": True},
          "opt": ["adamw", "sgd", "rmsprop"]}
@@ -24,7 +25,7 @@ def _first_proposals(baseline: dict | None, objective, n: int = 10, seed: int = 
                   baseline=baseline)
     study.optimize(objective, n_trials=n)
     trials = sorted(study.trials, key=lambda t: t.number)
-    return [(t.params, t.system_attrs.get(SOURCE_ATTR)) for t in trials if not t.user_attrs.get("baseline")]
+    return [(t.params, t.system_attrs.get(PRIOR_SOURCE)) for t in trials if not t.user_attrs.get("baseline")]
 
 
 def test_first_proposals_concentrate_near_the_baseline():
@@ -59,11 +60,11 @@ def test_a_bad_prior_loses_its_share():
     assert isinstance(study.optuna.sampler, PriorSampler)
     study.optimize(objective, n_trials=40)
     trials = sorted(study.trials, key=lambda t: t.number)
-    sources = [t.system_attrs.get(SOURCE_ATTR) for t in trials[1:]]
+    sources = [t.system_attrs.get(PRIOR_SOURCE) for t in trials[1:]]
     early, late = sources[:10].count("prior"), sources[-20:].count("prior")
     assert early >= 3 and late <= 2
     # TPE's start-up is its own: uniform draws over the whole space, not the prior's cluster in the bad corner.
-    uniform = [t.params for t in trials[1:] if t.system_attrs.get(SOURCE_ATTR) == "uniform"]
+    uniform = [t.params for t in trials[1:] if t.system_attrs.get(PRIOR_SOURCE) == "uniform"]
     assert len(uniform) == 5 and max(_unit_distance(p, baseline) for p in uniform) > 0.5
     assert study.best_trial.params["x"] > 0.7 and study.best_trial.params["lr"] > 1e-2
 

@@ -44,6 +44,7 @@ CHECKPOINT = "checkpoint"  # the member's last checkpoint folder (removed once t
 
 # ------------------------------------------------------------------------------------ trial system attributes
 REQUEUED_FROM = "requeued_from"  # numbers of the cut-short trials a re-queued trial replaces
+PRIOR_SOURCE = "prior_source"  # where auto's prior sampler drew a trial: "prior", "incumbent", "uniform" or "model"
 # Optuna's own, read through `FrozenTrial.constraints` (TrialRecord.feasible), never by key here:
 # `trial.set_constraint(text, violation)` stores "constraints:<text>" (e.g. "constraints:flops <= 1e+12"), a float
 # that is <= 0 when the objective.constraints entry holds; samplers and best_trial(s) read it.

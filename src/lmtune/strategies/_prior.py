@@ -22,9 +22,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from lmtune.records import PRIOR_SOURCE
 from lmtune.strategies._wrapping import WrappingSampler
-
-SOURCE_ATTR = "prior_source"  # system attribute: "prior", "incumbent", "uniform" or "model": a proposal's source
 
 
 class PriorSampler(WrappingSampler):
@@ -59,7 +58,7 @@ class PriorSampler(WrappingSampler):
         source, centre = ("uniform", None) if search_space and self._uniform_due(study) else self._source(study)
         if not search_space:
             source = "model"
-        study._storage.set_trial_system_attr(trial._trial_id, SOURCE_ATTR, source)
+        study._storage.set_trial_system_attr(trial._trial_id, PRIOR_SOURCE, source)
         if source == "uniform":
             return {name: _uniform(dist, self._rng) for name, dist in search_space.items()}
         if centre is None:
@@ -83,7 +82,7 @@ class PriorSampler(WrappingSampler):
     def _uniform_due(self, study: optuna.Study) -> bool:
         """Uniform draws alternate with the guided ones until there are `n_uniform`: they are what the prior's
         standing is judged against, and what TPE starts from."""
-        sources = [t.system_attrs.get(SOURCE_ATTR) for t in study.get_trials(deepcopy=False)]
+        sources = [t.system_attrs.get(PRIOR_SOURCE) for t in study.get_trials(deepcopy=False)]
         guided = sources.count("prior") + sources.count("incumbent")
         return sources.count("uniform") < min(self.n_uniform, guided)
 
@@ -99,7 +98,7 @@ def _standing(study: optuna.Study, finished: list[FrozenTrial]) -> float:
     if not scored:
         return 0.5
     median = float(np.median([s for _, s in scored]))
-    prior = [s for t, s in scored if t.system_attrs.get(SOURCE_ATTR) == "prior"]
+    prior = [s for t, s in scored if t.system_attrs.get(PRIOR_SOURCE) == "prior"]
     good = sum(s >= median for s in prior)
     return (good + 1) / (len(prior) + 2)
 

@@ -101,7 +101,7 @@ LADDERS = {
 
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     from lmtune import tune
-    from lmtune.records import TrialRecord
+    from lmtune.records import StudyRecord, TrialRecord
 
     cfg = variant_config(variant, seed, args)
     t0 = time.perf_counter()
@@ -116,11 +116,10 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
             best = max(ordered[:k], key=lambda t: t.value)
             out[f"after_{k}"] = {"fte": float(k), "config": best.params, "search_value": best.value}
     else:
-        info = study.optuna.user_attrs["stages"]
         best = max(done, key=lambda t: t.value)
         from lmtune.results import load_study
 
-        names = [r["study"] for r in info.get("rungs", [])] or [info["proxy_study"]]
+        names = [r["study"] for r in StudyRecord(study.optuna).proxy_rungs]
         proxies = [load_study(cfg["storage"], n) for n in names]
         # counted in full by both sharing variants
         proxy_flops = sum(TrialRecord(t).cost["flops"] for p in proxies for t in p.trials)

@@ -120,3 +120,14 @@ def test_the_literal_key_finder_finds_each_form() -> None:
     code = ('t.set_user_attr("a", 1)\nctx.set("b", 2)\nt.user_attrs.get("c")\nt.user_attrs["d"]\n'
             '"e" in t.user_attrs\ns._storage.set_trial_user_attr(i, "f", 3)\nt.set_user_attr(records.COST, 1)')
     assert [k for _, k in _literal_keys(ast.parse(code))] == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_proxy_rungs_read_a_single_proxy_and_a_ladder_alike():
+    study = optuna.create_study()
+    assert StudyRecord(study).proxy_rungs == []
+    study.set_user_attr(records.STAGES, {"proxy_study": "p", "proxy_trials": 4, "proxy_fte_target": 0.5})
+    assert StudyRecord(study).proxy_rungs == [{"study": "p", "trials": 4, "fte_target": 0.5}]
+    ladder = [{"study": "p-1", "trials": 3, "fte_target": 0.1}, {"study": "p-2", "trials": 2, "fte_target": 0.3}]
+    study.set_user_attr(records.STAGES, {"proxy_study": "p-2", "proxy_trials": 5, "proxy_fte_target": 0.4,
+                                         "rungs": ladder})
+    assert StudyRecord(study).proxy_rungs == ladder

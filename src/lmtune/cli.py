@@ -116,13 +116,10 @@ def print_best(study: optuna.Study, output: Path | None) -> bool:
     if extra:
         console.print(f"selection cost: {extra['runs']} re-training runs, {extra['fte']:.2f} FTE, "
                       f"{extra['wall_seconds']:.0f} s (on top of the study's)")
-    stages = StudyRecord(study).stages
-    for rung in (stages or {}).get("rungs") or ([stages] if stages else []):
-        study_name, trials = rung.get("study", rung.get("proxy_study")), rung.get("trials", rung.get("proxy_trials"))
-        fte = rung.get("fte_target", rung.get("proxy_fte_target"))
-        if fte is not None:
-            console.print(f"proxy stage ({study_name}): {trials} trials, {fte:.2f} FTE in target runs by training "
-                          "FLOPs (on top of the study's)")
+    for rung in StudyRecord(study).proxy_rungs:
+        if rung["fte_target"] is not None:
+            console.print(f"proxy stage ({rung['study']}): {rung['trials']} trials, {rung['fte_target']:.2f} FTE in "
+                          "target runs by training FLOPs (on top of the study's)")
     for line in transfer_fit_lines(study):
         console.print(f"transfer fit: {line}", highlight=False)
     if output is not None and StudyRecord(study).config:

@@ -189,6 +189,16 @@ class StudyRecord:
         return self._get(STAGES)
 
     @property
+    def proxy_rungs(self) -> list[dict[str, Any]]:
+        """Each proxy stage's {study, trials, fte_target} in the order they ran: a ladder stores them under
+        "rungs", a single proxy only as the stage totals (proxy_study, proxy_trials, proxy_fte_target)."""
+        stages = self.stages
+        if not stages:
+            return []
+        return stages.get("rungs") or [{"study": stages.get("proxy_study"), "trials": stages.get("proxy_trials"),
+                                        "fte_target": stages.get("proxy_fte_target")}]
+
+    @property
     def transfer_fit(self) -> dict[str, Any] | None:
         return self._get(TRANSFER_FIT)
 

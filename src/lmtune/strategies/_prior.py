@@ -25,6 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune.records import PRIOR_SOURCE
 from lmtune.strategies._wrapping import WrappingSampler
 
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
 
 class PriorSampler(WrappingSampler):
     """Mixes proposals around `prior` (parameter values) and around the incumbent into `inner`'s.
@@ -55,7 +57,11 @@ class PriorSampler(WrappingSampler):
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        source, centre = ("uniform", None) if search_space and self._uniform_due(study) else self._source(study)
+        trials = study.get_trials(deepcopy=False)  # read once for both choices
+        if search_space and self._uniform_due(trials):
+            source, centre = "uniform", None
+        else:
+            source, centre = self._source(study, [t for t in trials if t.state in _FINISHED])
         if not search_space:
             source = "model"
         study._storage.set_trial_system_attr(trial._trial_id, PRIOR_SOURCE, source)
@@ -67,8 +73,7 @@ class PriorSampler(WrappingSampler):
         return {name: _perturb(dist, centre[name], width, self._rng) if name in centre else
                 _uniform(dist, self._rng) for name, dist in search_space.items()}
 
-    def _source(self, study: optuna.Study) -> tuple[str, Mapping[str, Any] | None]:
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    def _source(self, study: optuna.Study, finished: list[FrozenTrial]) -> tuple[str, Mapping[str, Any] | None]:
         n = len(finished)
         u = self._rng.random()
         p_prior = self.p_prior * self.decay / (self.decay + n) * 2 * _standing(study, finished)
@@ -79,10 +84,10 @@ class PriorSampler(WrappingSampler):
             return "incumbent", study.best_trial.params
         return "model", None
 
-    def _uniform_due(self, study: optuna.Study) -> bool:
+    def _uniform_due(self, trials: list[FrozenTrial]) -> bool:
         """Uniform draws alternate with the guided ones until there are `n_uniform`: they are what the prior's
         standing is judged against, and what TPE starts from."""
-        sources = [t.system_attrs.get(PRIOR_SOURCE) for t in study.get_trials(deepcopy=False)]
+        sources = [t.system_attrs.get(PRIOR_SOURCE) for t in trials]
         guided = sources.count("prior") + sources.count("incumbent")
         return sources.count("uniform") < min(self.n_uniform, guided)
 

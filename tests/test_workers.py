@@ -97,9 +97,12 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
+LONG = 2000  # steps: a trial no machine trains between two looks of `_worker_mid_trial` (40 steps took 0.5 s in CI)
+
+
 def _crash_config(tmp_path: Path, max_steps: int = 40, n_trials: int = 3, **executor: Any) -> Path:
-    """Trials of `max_steps`: short ones for tests that finish the study, long ones (2000) for tests that must catch
-    a trial mid-training even on a fast machine, where a 40-step trial can end before the signal lands."""
+    """Trials of `max_steps`: long ones (LONG) while a test must catch a trial mid-training, short ones (40) for the
+    rerun that finishes the study (`lmtune run --allow-changed-config`, see `_rerun_short`)."""
     return write_config(tmp_path, train={"learning_rate": 3e-3, "per_device_train_batch_size": 16,
                                          "max_steps": max_steps,
                                          "eval_steps": 10, "eval_max_samples": 8},
@@ -134,11 +137,17 @@ def _worker_mid_trial(cfg: Path, storage: str, *command: str, processes: int = 2
     raise AssertionError(f"the worker never reached the middle of a trial: {worker.communicate()[0][-2000:]}")
 
 
+def _rerun_short(tmp_path: Path, cfg: Path, *args: str, **executor: Any) -> None:
+    """Finish the study with 40-step trials: the interrupted phase trained LONG ones."""
+    assert _crash_config(tmp_path, **executor) == cfg
+    lmtune("run", str(cfg), "--quiet", "-o", str(tmp_path / "best.yaml"), "--allow-changed-config", *args)
+
+
 def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
     """A worker killed mid-trial: its trial child dies with it, the next run marks the trial failed once its
     heartbeat is stale, retries its parameters, and completes the study with the budget counted right."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = _crash_config(tmp_path)
+    cfg = _crash_config(tmp_path, max_steps=LONG)
     worker, victim, children = _worker_mid_trial(cfg, storage)
     try:
         worker.send_signal(signal.SIGKILL)
@@ -148,7 +157,7 @@ def test_sigkilled_worker_trial_is_failed_then_retried(tmp_path: Path) -> None:
         if worker.poll() is None:
             worker.kill()
     assert optuna.load_study(study_name="test", storage=storage).trials[victim.number].state == TrialState.RUNNING
-    lmtune("run", str(cfg), "--quiet", "-o", str(tmp_path / "best.yaml"))  # resume: waits out the grace period
+    _rerun_short(tmp_path, cfg)  # resume: waits out the grace period
     trials = assert_complete(storage, 3)
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
@@ -165,7 +174,7 @@ def test_run_fails_and_reruns_the_trial_of_its_own_killed_worker_at_once(tmp_pat
     reason and queued again right away (not after the heartbeat's grace period, 60 s here), the other worker runs
     it, and the study ends with the budget counted once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = _crash_config(tmp_path, grace_period=60)
+    cfg = _crash_config(tmp_path, max_steps=400, grace_period=60)  # caught mid-trial, and the same run ends
     run, victim, _ = _worker_mid_trial(cfg, storage, "run", str(cfg), "--workers", "2", "--quiet", "-o",
                                        str(tmp_path / "best.yaml"), processes=5)
     try:
@@ -187,7 +196,7 @@ def test_run_fails_and_reruns_the_trial_of_its_own_killed_worker_at_once(tmp_pat
 def test_sigterm_to_a_single_process_run_fails_and_requeues_its_trial(tmp_path: Path) -> None:
     """SIGTERM (a `kill`, a scheduler's stop) ends `lmtune run` like Ctrl-C: no trial left RUNNING."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = _crash_config(tmp_path, max_steps=2000)
+    cfg = _crash_config(tmp_path, max_steps=LONG)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.Popen([sys.executable, "-m", "lmtune", "run", str(cfg), "--quiet", "-o", str(tmp_path / "b")],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -252,7 +261,7 @@ def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials
     ignored, as a background job is): the workers and their trials stop, each interrupted trial is failed and
     queued again, and the next run completes the budget counting it once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = _crash_config(tmp_path)
+    cfg = _crash_config(tmp_path, max_steps=LONG)
     best = str(tmp_path / "best.yaml")
     args = [best if a == "BEST" else a for a in command[1:]]
     run, victim, descendants = _worker_mid_trial(cfg, storage, command[0], str(cfg), *args,
@@ -279,7 +288,7 @@ def test_ctrl_c_stops_the_workers_and_the_next_run_reruns_the_interrupted_trials
     assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in cut)
     queued = [t for t in trials if t.state == TrialState.WAITING]  # each cut configuration queued once
     assert sorted(t.params["learning_rate"] for t in queued) == sorted({t.params["learning_rate"] for t in cut}), output
-    lmtune("run", str(cfg), "--quiet", "-o", best)
+    _rerun_short(tmp_path, cfg)
     assert len(assert_complete(storage, 3)) == 3 + len(cut)
 
 
@@ -310,7 +319,7 @@ def test_worker_whose_trial_server_dies_stops_with_a_reason(tmp_path: Path) -> N
     """Without its trial server a worker cannot run trials: it fails the trial in hand with the reason and
     exits with an error, instead of failing every remaining trial of the budget at once."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    worker, victim, (server, *_) = _worker_mid_trial(_crash_config(tmp_path, max_steps=2000), storage)
+    worker, victim, (server, *_) = _worker_mid_trial(_crash_config(tmp_path, max_steps=LONG), storage)
     os.kill(server, signal.SIGKILL)
     output = worker.communicate(timeout=120)[0]
     assert worker.returncode == 2 and "trial server" in output and "Traceback" not in output, output
@@ -350,7 +359,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_next_run_reruns_their_trials(tmp_p
     waits for room: it must not start the re-queued trials (it would fail and queue them a second time)."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     ray_run = {"type": "ray", "threads_per_trial": 1, "workers": 3, "n_trials": 2}
-    cfg = _crash_config(tmp_path, max_steps=2000, **ray_run)  # trials long enough to be cut, wherever they are
+    cfg = _crash_config(tmp_path, max_steps=LONG, **ray_run)  # trials long enough to be cut, wherever they are
     best = str(tmp_path / "best.yaml")
     run, victim, _ = _worker_mid_trial(cfg, storage, "run", str(cfg), "--address", ray_head, "-o", best,
                                        processes=0)  # the trials train in the Ray head's worker processes
@@ -364,6 +373,5 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_next_run_reruns_their_trials(tmp_p
     queued = [t for t in trials if t.state == TrialState.WAITING]
     assert sorted(t.params["learning_rate"] for t in queued) == sorted(t.params["learning_rate"] for t in cut), states
     assert not [t for t in cut if t.system_attrs.get("requeued_from")], states  # no re-queued trial was started
-    _crash_config(tmp_path, **ray_run)  # the rerun may train short trials
-    lmtune("run", str(cfg), "--address", ray_head, "--quiet", "-o", best, "--allow-changed-config")
+    _rerun_short(tmp_path, cfg, "--address", ray_head, **ray_run)
     assert len(assert_complete(storage, 2)) == 2 + len(cut)

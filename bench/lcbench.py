@@ -152,11 +152,11 @@ class Spec:
     z0: float | None = None
     ratio: float | None = None
     rand: float | None = None  # auto only: the share of uniformly random trials
-    plain: int | None = None  # auto only: 1 = its TPE sees pruned trials as Optuna's TPE does (ablation)
+    plain: int | None = None  # auto only: 1 = its model sees pruned trials as Optuna's samplers do (ablation)
     warm: int | None = None  # 1 = warm-start from one study per other development task (leave-one-task-out)
     prior: int | None = None  # baseline (trial 0 and the prior): 1 = good, 2 = bad (see `prior_config`)
-    # auto only, the model inside CurveSampler (issue 13 follow-up probes): inner=gp is Optuna's GPSampler in
-    # place of TPE; ei / pw / endp are TPE's n_ei_candidates / prior_weight / consider_endpoints (0 or 1)
+    # auto only, the model inside CurveSampler (issue 13 follow-up probes): inner=tpe is TPE alone (auto before
+    # the GP), inner=gp the GP alone; ei / pw / endp are TPE's n_ei_candidates / prior_weight / consider_endpoints
     inner: str | None = None
     ei: int | None = None
     pw: float | None = None
@@ -279,29 +279,31 @@ def make_objective(surrogate: Surrogate, instance: str) -> Any:
 
 
 def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
-    """Swap the model inside auto's CurveSampler for the probe `spec` names (same seed and startup trials)."""
+    """Swap the model inside auto's CurveSampler for the probe `spec` names (same seed and startup trials):
+    inner=tpe is TPE alone (`auto` before it chose the GP for small studies), inner=gp the GP alone (never
+    switching to TPE); ei / pw / endp set TPE's knobs."""
     import warnings
 
     import optuna
 
     from lmtune.strategies._lc_sampler import CurveSampler
+    from lmtune.strategies._model_choice import ModelChoice
 
-    assert isinstance(sampler, CurveSampler) and isinstance(sampler.inner, optuna.samplers.TPESampler)
-    startup = sampler.inner._n_startup_trials
+    assert isinstance(sampler, CurveSampler) and isinstance(sampler.inner, ModelChoice)
+    if spec.inner == "gp":
+        sampler.inner = sampler.inner.gp
+        return
+    assert spec.inner in (None, "tpe"), spec.inner
+    startup = sampler.inner.tpe._n_startup_trials  # type: ignore[attr-defined]
+    knobs: dict[str, Any] = {}
+    if spec.ei:
+        knobs["n_ei_candidates"] = spec.ei
+    if spec.pw is not None:
+        knobs["prior_weight"] = spec.pw
+    if spec.endp is not None:
+        knobs["consider_endpoints"] = bool(spec.endp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if spec.inner == "gp":
-            sampler.inner = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
-                                                      warn_independent_sampling=False)
-            return
-        assert spec.inner in (None, "tpe"), spec.inner
-        knobs: dict[str, Any] = {}
-        if spec.ei:
-            knobs["n_ei_candidates"] = spec.ei
-        if spec.pw is not None:
-            knobs["prior_weight"] = spec.pw
-        if spec.endp is not None:
-            knobs["consider_endpoints"] = bool(spec.endp)
         sampler.inner = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
                                                    group=True, **knobs)
 

@@ -28,7 +28,7 @@ SamplerName = Literal["grid", "random", "tpe", "gp", "nsga2"]
 PrunerName = Literal["none", "asha", "hyperband", "median", "extrapolate"]
 CombinedName = Literal["auto", "bohb", "asha", "hyperband", "pbt"]  # a sampler with a pruner, or PBT
 StrategyName = Literal[SamplerName, CombinedName]
-# What each combined strategy means: (sampler, pruner). ``auto`` is TPE on predicted final values with pruning
+# What each combined strategy means: (sampler, pruner). ``auto`` is GP/TPE on predicted final values with pruning
 # by learning-curve extrapolation (B2 in BENCHMARKS.md); ``bohb`` is the previous ``auto``, TPE + Hyperband.
 COMBINED: dict[str, tuple[str, str]] = {"auto": ("auto", "extrapolate"), "bohb": ("tpe", "hyperband"),
                                         "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),

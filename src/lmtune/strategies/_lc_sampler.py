@@ -46,7 +46,8 @@ class _PredictedView:
 
 
 class CurveSampler(WrappingSampler):
-    """Wraps `inner` (TPE in ``auto``) so that it models pruned trials at their predicted final values.
+    """Wraps `inner` (GP or TPE in ``auto``, `ModelChoice`) so that it models pruned trials at their predicted
+    final values.
 
     A `random_fraction` of the trials is drawn uniformly instead, as BOHB does (Falkner et al., ICML 2018, one
     third): a model fed on extrapolations can lock onto a region, and random trials are cheap once pruning

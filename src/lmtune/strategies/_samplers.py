@@ -11,6 +11,7 @@ from lmtune.config import SamplerName
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
+from lmtune.strategies._model_choice import ModelChoice, gp_fits
 from lmtune.strategies._prior import PriorSampler
 from lmtune.strategies._warm_start import Source, WarmStartSampler
 
@@ -75,10 +76,12 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
     - ``nsga2``: :class:`optuna.samplers.NSGAIISampler` (Deb et al. 2002), the evolutionary multi-objective
       search, with a generation of `n_startup_trials` trials. ``tpe`` with several objectives is MOTPE
       (Ozaki et al. 2020). Constraints (`trial.set_constraint`) inform tpe, gp and nsga2.
-    - ``auto``: the ``tpe`` sampler modelling pruned trials at their extrapolated final values
-      (`CurveSampler`); `max_resource` is the step where training ends (None: where most trials end). Given
-      `prior` (the baseline's parameters), some proposals come from around it and around the incumbent
-      (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the baseline's region disappoints.
+    - ``auto``: a model of the trials that sees pruned ones at their extrapolated final values (`CurveSampler`):
+      the ``gp`` sampler while the study has under 100 finished trials and the space is numeric and unconditional
+      (and not warm-started), else the ``tpe`` one (`ModelChoice`). `max_resource` is the step where training
+      ends (None: where most trials end). Given `prior` (the baseline's parameters), some proposals come from
+      around it and around the incumbent (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the
+      baseline's region disappoints.
 
     With `warm_start` sources, ``tpe`` and ``auto`` also model the finished trials of those past studies
     (`WarmStartSampler`), which stay in their own studies.
@@ -105,11 +108,13 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
             tpe = WarmStartSampler(tpe, warm_start)
         if strategy == "tpe":
             return tpe
+        gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
         if strategy == "auto":
-            curves = CurveSampler(tpe, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
+            model = ModelChoice(gp, tpe) if gp_fits(space) and not warm_start else tpe
+            curves = CurveSampler(model, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
             return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+            return gp
         if strategy == "nsga2":
             # Optuna's default population (50) is 50 random trials: a small study would never evolve.
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, startup or NSGA2_POPULATION))

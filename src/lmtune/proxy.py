@@ -367,7 +367,7 @@ def _fit_records(placed: list[tuple[ProxyStage, Study, Scale]], d_target: float)
     hyperparameters, its objective as a loss)."""
     rows = []
     for stage, study, scale in placed:
-        sign = -1.0 if study.direction == "maximize" else 1.0
+        sign = -1.0 if records.maximizes(study.optuna) else 1.0
         for t in study.trials:
             if t.state != TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
                 continue

@@ -151,6 +151,12 @@ class TrialRecord:
         return dict(self._get(HPARAMS) or self._get(HPARAMS_FINAL) or self.trial.params)
 
 
+
+def maximizes(study: optuna.Study) -> bool:
+    """Whether the study's (first) objective is maximized: the one place an Optuna direction is read."""
+    return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+
+
 @dataclass(frozen=True)
 class StudyRecord:
     """What lmtune stored on a study."""
@@ -225,4 +231,4 @@ class StudyRecord:
     @property
     def maximize(self) -> bool:
         """The direction of the (first) objective."""
-        return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        return maximizes(self.study)

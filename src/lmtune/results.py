@@ -228,12 +228,12 @@ def compare(study: optuna.Study) -> Comparison | None:
     selection = stored.selection
     test = {r["trial"]: r for r in selection["candidates"]} if selection else {}
     if test:
-        def fmt(r: dict[str, Any] | None) -> str | None:
+        def mean_std(r: dict[str, Any] | None) -> str | None:
             return None if r is None else f"{r['test_mean']:.4g} ± {r['test_std']:.3g}"
 
         n = len(next(iter(test.values()))["per_seed"])
-        rows.append((f"test {metric} ({n} seeds)", fmt(test.get(base.number) if base else None),
-                     fmt(test.get(tuned.number))))
+        rows.append((f"test {metric} ({n} seeds)", mean_std(test.get(base.number) if base else None),
+                     mean_std(test.get(tuned.number))))
     b_c, t_c = (TrialRecord(base).cost if base else {}), TrialRecord(tuned).cost
     rows.append(("cost (FTE)", b_c.get("fte"), t_c.get("fte")))
     rows.append(("cost (seconds)", b_c.get("wall_seconds"), t_c.get("wall_seconds")))

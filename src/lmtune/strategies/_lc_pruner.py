@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lmtune.records import TrialRecord
+from lmtune.records import TrialRecord, maximizes
 from lmtune.strategies._curves import CurveModel, Prediction
 
 PREDICTION_ATTR = "lc_prediction"  # system attribute: [step, mean, std] of the last prediction made for a trial
@@ -129,7 +128,7 @@ class ExtrapolationPruner(optuna.pruners.BasePruner):
     def _maximize(self, study: optuna.Study) -> bool:
         if self.direction is not None:
             return self.direction == "maximize"
-        return study.direction == StudyDirection.MAXIMIZE
+        return maximizes(study)
 
     def _due(self, steps: list[int]) -> bool:
         """A check step was reached by the latest evaluation (evaluations need not land on check steps)."""

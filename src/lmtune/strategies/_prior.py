@@ -22,7 +22,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lmtune.records import PRIOR_SOURCE
+from lmtune.records import PRIOR_SOURCE, maximizes
 from lmtune.strategies._wrapping import WrappingSampler
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -110,7 +110,7 @@ def _standing(study: optuna.Study, finished: list[FrozenTrial]) -> float:
 
 def _score(trial: FrozenTrial, study: optuna.Study) -> float:
     """Higher is better: a complete trial's value (direction-aware) above any pruned one, pruned by steps run."""
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    sign = 1.0 if maximizes(study) else -1.0
     if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
         return 1e12 + sign * trial.value
     return float(trial.last_step or 0)

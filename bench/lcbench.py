@@ -546,12 +546,15 @@ def budget_to_reach(recs: list[dict[str, Any]], ref: dict[str, float], level: fl
 
 
 def fte_ratio_table(records: list[dict[str, Any]], ref: dict[str, float], label: str, labels: list[str],
-                    instances: list[str], seeds: list[int], budget: float) -> str:
+                    instances: list[str], seeds: list[int], budget: float, longer: float | None = None) -> str:
     """For each level = `label`'s mean regret at 5, 10 and 30 FTE: the FTE each setting needs to reach it and
-    the ratio to what `label` itself needs (both to the epoch, by `budget_to_reach`)."""
-    groups = group(records, [label, *labels], instances, seeds, budget)
+    the ratio to what `label` itself needs (both to the epoch, by `budget_to_reach`). With `longer`, the other
+    settings' runs are those of that budget, so a setting slower than `label` can still show how much slower."""
+    groups = group(records, [label], instances, seeds, budget)
     if label not in groups:
         return f"(no runs of {label})"
+    reach = longer or budget
+    groups |= {k: v for k, v in group(records, labels, instances, seeds, reach).items() if k != label}
     points = [c for c in (5, 10, 30) if c <= budget]
     lines = ["| setting | " + " | ".join(f"FTE to {label}'s @{c} FTE | ratio" for c in points) + " |",
              "|" + "---|" * (1 + 2 * len(points))]
@@ -562,9 +565,10 @@ def fte_ratio_table(records: list[dict[str, Any]], ref: dict[str, float], label:
             continue
         cells = []
         for level, base in zip(levels, own, strict=True):
-            fte = budget_to_reach(groups[other], ref, level, budget)
-            ratio = "—" if base is None else f"> {budget / base:.2f}" if fte is None else f"{fte / base:.2f}"
-            cells.append(f"{f'> {budget:g}' if fte is None else f'{fte:.2f}'} | {ratio}")
+            limit = budget if other == label else reach
+            fte = budget_to_reach(groups[other], ref, level, limit)
+            ratio = "—" if base is None else f"> {limit / base:.2f}" if fte is None else f"{fte / base:.2f}"
+            cells.append(f"{f'> {limit:g}' if fte is None else f'{fte:.2f}'} | {ratio}")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     return f"levels (mean regret %): {', '.join(f'{x:.2f}' for x in levels)}\n\n" + "\n".join(lines)
 
@@ -655,6 +659,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fte-ratio", default="",
                    help="print, for this setting's mean regret at 5, 10 and 30 FTE, the FTE each setting needs to "
                         "reach it (to the epoch) and the ratio to this setting's own, e.g. --fte-ratio auto")
+    p.add_argument("--ratio-budget", type=float, default=None,
+                   help="--fte-ratio reads the other settings' runs of this (longer) budget, e.g. 45 to see whether "
+                        "a setting reaches the base's 30-FTE regret within 1.5x (run them with --budget 45 first)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, default=Path("runs/lcbench"), help="folder for the JSON-lines results")
     p.add_argument("--report-only", action="store_true", help="print the tables from --out without running")
@@ -713,7 +720,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fte_ratio:
         print(f"\n## FTE to reach {args.fte_ratio}'s mean regret at 5, 10, 30 FTE (all runs with an epoch-52 "
               f"value; ratio to {args.fte_ratio}'s own FTE), {len(seeds)} seeds\n")
-        print(fte_ratio_table(records, ref, args.fte_ratio, labels, instances, seeds, args.budget))
+        print(fte_ratio_table(records, ref, args.fte_ratio, labels, instances, seeds, args.budget, args.ratio_budget))
     if args.per_task:
         for c in sorted({min(10.0, args.budget), args.budget}):
             print(f"\n## Mean normalized regret (%) per task at {c:g} FTE, {len(seeds)} seeds\n")

@@ -281,7 +281,7 @@ def make_objective(surrogate: Surrogate, instance: str) -> Any:
 def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
     """Swap the model inside auto's CurveSampler for the probe `spec` names (same seed and startup trials):
     inner=tpe is TPE alone (`auto` before it chose the GP for small studies), inner=gp the GP alone (never
-    switching to TPE); ei / pw / endp set TPE's knobs."""
+    switching to TPE), both warm-started when the run is; ei / pw / endp set a new TPE's knobs (not warm)."""
     import warnings
 
     import optuna
@@ -294,6 +294,9 @@ def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
         sampler.inner = sampler.inner.gp
         return
     assert spec.inner in (None, "tpe"), spec.inner
+    if not (spec.ei or spec.pw is not None or spec.endp is not None):
+        sampler.inner = sampler.inner.tpe  # warm-started too when the run is
+        return
     startup = sampler.inner.tpe._n_startup_trials  # type: ignore[attr-defined]
     knobs: dict[str, Any] = {}
     if spec.ei:

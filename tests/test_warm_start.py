@@ -8,6 +8,7 @@ import pytest
 from lmtune import Study
 from lmtune.config import validate_config
 from lmtune.errors import ConfigError
+from lmtune.strategies._warm_start import WarmStartSampler
 
 SPACE = {"x": {"low": 0.0, "high": 1.0}, "lr": {"low": 1e-5, "high": 1e-1, "log": True}}
 
@@ -60,3 +61,22 @@ def test_warm_start_in_the_config():
     assert cfg.search.warm_start[0] == "a" and cfg.search.warm_start[1].storage == "sqlite:///x.db"
     with pytest.raises(Exception, match="warm_start"):
         validate_config({"search": {"strategy": "asha", "warm_start": ["a"]}})
+
+
+def test_a_capped_source_shows_trials_spread_from_its_worst_to_its_best(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Study("old", url, space=SPACE, strategy="random", metric="v", seed=1).optimize(_objective, n_trials=30)
+    seen: list[list[float]] = []
+
+    class Spy(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            seen.append(sorted(t.value for t in study.get_trials(deepcopy=False) if t.number < 0))
+            return super().sample_independent(study, trial, param_name, param_distribution)
+
+    sampler = WarmStartSampler(Spy(seed=0), [(None, "old")], per_source=5)
+    new = optuna.create_study(study_name="new", storage=url, sampler=sampler, direction="maximize")
+    new.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=2)
+    assert seen[0] == []  # the first trial has declared no parameter yet
+    # 5 of the 30 past trials (values as quantiles within their study), both ends and three between.
+    assert len(seen[1]) == 5 and seen[1][0] == 0.0 and seen[1][-1] == 1.0
+    assert all(0.15 < b - a < 0.35 for a, b in zip(seen[1], seen[1][1:], strict=False))

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune.space import SearchSpace
 
 MAX_GP_TRIALS = 100  # finished trials (pruned ones count: the GP models them); sampler time in BENCHMARKS.md
+GP_PAST_TRIALS = 50  # a warm-started GP's share of past studies' trials, all sources together
 
 
 def gp_fits(space: SearchSpace) -> bool:

@@ -11,7 +11,7 @@ from lmtune.config import SamplerName
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
-from lmtune.strategies._model_choice import ModelChoice, gp_fits
+from lmtune.strategies._model_choice import GP_PAST_TRIALS, ModelChoice, gp_fits
 from lmtune.strategies._prior import PriorSampler
 from lmtune.strategies._warm_start import Source, WarmStartSampler
 
@@ -77,14 +77,15 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
       search, with a generation of `n_startup_trials` trials. ``tpe`` with several objectives is MOTPE
       (Ozaki et al. 2020). Constraints (`trial.set_constraint`) inform tpe, gp and nsga2.
     - ``auto``: a model of the trials that sees pruned ones at their extrapolated final values (`CurveSampler`):
-      the ``gp`` sampler while the study has under 100 finished trials and the space is numeric and unconditional
-      (and not warm-started), else the ``tpe`` one (`ModelChoice`). `max_resource` is the step where training
+      the ``gp`` sampler while the study has under 100 finished trials and the space is numeric and unconditional,
+      else the ``tpe`` one (`ModelChoice`). `max_resource` is the step where training
       ends (None: where most trials end). Given `prior` (the baseline's parameters), some proposals come from
       around it and around the incumbent (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the
       baseline's region disappoints.
 
     With `warm_start` sources, ``tpe`` and ``auto`` also model the finished trials of those past studies
-    (`WarmStartSampler`), which stay in their own studies.
+    (`WarmStartSampler`), which stay in their own studies; ``auto``'s GP sees 50 of them at most, spread over
+    each source's ranking.
 
     Example::
 
@@ -104,13 +105,16 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         tpe: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=startup, multivariate=True, group=True)
-        if warm_start and strategy in ("tpe", "auto"):
+        if warm_start:
             tpe = WarmStartSampler(tpe, warm_start)
         if strategy == "tpe":
             return tpe
-        gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+        gp: optuna.samplers.BaseSampler = optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
         if strategy == "auto":
-            model = ModelChoice(gp, tpe) if gp_fits(space) and not warm_start else tpe
+            if warm_start:
+                gp = WarmStartSampler(gp, warm_start, per_source=max(2, GP_PAST_TRIALS // len(warm_start)))
+            model = ModelChoice(gp, tpe) if gp_fits(space) else tpe
             curves = CurveSampler(model, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
             return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":

@@ -81,15 +81,17 @@ class WarmStartSampler(WrappingSampler):
     """Shows `inner` the finished trials of past studies beside this study's own.
 
     A past trial is kept with the parameters this study also searches whose values lie in this study's
-    space (other parameters are dropped); one with none of them is ignored.
+    space (other parameters are dropped); one with none of them is ignored. With `per_source`, each source
+    shows at most that many trials, spread evenly over its ranking from worst to best (both ends included):
+    a GP's cost grows with every trial it models, TPE's hardly.
 
     Example::
 
         sampler = WarmStartSampler(optuna.samplers.TPESampler(seed=0), [("sqlite:///old.db", "lr-sweep")])
     """
 
-    def __init__(self, inner: optuna.samplers.BaseSampler, sources: Sequence[Source]):
-        self.inner, self.sources = inner, list(sources)
+    def __init__(self, inner: optuna.samplers.BaseSampler, sources: Sequence[Source], per_source: int | None = None):
+        self.inner, self.sources, self.per_source = inner, list(sources), per_source
         # Sources on other storages are read now, so a wrong URL or name stops the run before any trial.
         self._elsewhere = load_trials([s for s in self.sources if s[0] is not None], own=None)  # type: ignore[arg-type]
         self._loaded: list[list[FrozenTrial]] | None = None
@@ -104,7 +106,7 @@ class WarmStartSampler(WrappingSampler):
             space.update(t.distributions)
         key = tuple(sorted(space))
         if key != self._space_key:  # this study's space as its trials have declared it so far
-            self._past, self._space_key = _transfer(self._loaded, space), key
+            self._past, self._space_key = _transfer(self._loaded, space, self.per_source), key
         return _WarmView(study, self._past)
 
 
@@ -122,13 +124,25 @@ def _as_quantiles(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return out
 
 
-def _transfer(sources: list[list[FrozenTrial]], space: Mapping[str, BaseDistribution]) -> list[FrozenTrial]:
+def _spread(kept: list[tuple[FrozenTrial, dict[str, Any]]], k: int | None) -> list[tuple[FrozenTrial, dict[str, Any]]]:
+    """At most `k` of the (trial, params) pairs, evenly spaced in their order by value, both ends included."""
+    if k is None or len(kept) <= k:
+        return kept
+    order = sorted(kept, key=lambda pair: pair[0].value)  # type: ignore[arg-type, return-value]
+    n = len(order) - 1
+    return [order[j] for j in sorted({round(i * n / max(k - 1, 1)) for i in range(k)})]
+
+
+def _transfer(sources: list[list[FrozenTrial]], space: Mapping[str, BaseDistribution],
+              per_source: int | None = None) -> list[FrozenTrial]:
     out: list[FrozenTrial] = []
     for trials in sources:
+        kept = []
         for t in _as_quantiles(trials):
             params = {n: v for n, v in t.params.items() if n in space and _contains(space[n], v)}
-            if not params or t.value is None:
-                continue
+            if params and t.value is not None:
+                kept.append((t, params))
+        for t, params in _spread(kept, per_source):
             number = -1 - len(out)
             out.append(optuna.trial.FrozenTrial(
                 number=number, state=TrialState.COMPLETE, value=t.value, datetime_start=t.datetime_start,

@@ -294,10 +294,6 @@ def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
         sampler.inner = sampler.inner.gp
         return
     assert spec.inner in (None, "tpe"), spec.inner
-    if not (spec.ei or spec.pw is not None or spec.endp is not None):
-        sampler.inner = sampler.inner.tpe  # warm-started too when the run is
-        return
-    startup = sampler.inner.tpe._n_startup_trials  # type: ignore[attr-defined]
     knobs: dict[str, Any] = {}
     if spec.ei:
         knobs["n_ei_candidates"] = spec.ei
@@ -305,6 +301,10 @@ def replace_inner(sampler: Any, spec: Spec, seed: int) -> None:
         knobs["prior_weight"] = spec.pw
     if spec.endp is not None:
         knobs["consider_endpoints"] = bool(spec.endp)
+    if not knobs:
+        sampler.inner = sampler.inner.tpe  # warm-started too when the run is
+        return
+    startup = sampler.inner.tpe._n_startup_trials  # type: ignore[attr-defined]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler.inner = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,

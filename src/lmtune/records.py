@@ -151,7 +151,6 @@ class TrialRecord:
         return dict(self._get(HPARAMS) or self._get(HPARAMS_FINAL) or self.trial.params)
 
 
-
 def maximizes(study: optuna.Study) -> bool:
     """Whether the study's (first) objective is maximized: the one place an Optuna direction is read."""
     return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE

@@ -13,7 +13,7 @@ from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
 from lmtune.strategies._model_choice import GP_PAST_TRIALS, ModelChoice, gp_fits
 from lmtune.strategies._prior import PriorSampler
-from lmtune.strategies._warm_start import Source, WarmStartSampler
+from lmtune.strategies._warm_start import PastStudies, Source, WarmStartSampler
 
 STRATEGIES: tuple[str, ...] = get_args(SamplerName)
 _ABSENT = object()
@@ -105,16 +105,19 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         tpe: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=startup, multivariate=True, group=True)
-        if warm_start:
-            tpe = WarmStartSampler(tpe, warm_start)
+        past = PastStudies(warm_start) if warm_start else None
+        if past is not None:
+            tpe = WarmStartSampler(tpe, past)
         if strategy == "tpe":
             return tpe
         gp: optuna.samplers.BaseSampler = optuna.samplers.GPSampler(
             seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
         if strategy == "auto":
-            if warm_start:
-                gp = WarmStartSampler(gp, warm_start, per_source=max(2, GP_PAST_TRIALS // len(warm_start)))
-            model = ModelChoice(gp, tpe) if gp_fits(space) else tpe
+            model = tpe
+            if gp_fits(space):
+                if past is not None:
+                    gp = WarmStartSampler(gp, past, per_source=max(2, GP_PAST_TRIALS // len(warm_start)))
+                model = ModelChoice(gp, tpe)
             curves = CurveSampler(model, max_resource=max_resource, random_fraction=AUTO_RANDOM_FRACTION, seed=seed)
             return PriorSampler(curves, prior, seed=seed) if prior else curves
         if strategy == "gp":

@@ -77,6 +77,22 @@ class _WarmView:
         return self._get_trials(deepcopy, states)
 
 
+class PastStudies:
+    """The finished trials of the source studies, read once however many samplers show them (``auto``'s GP and
+    TPE both do). Sources on other storages are read at once, so a wrong URL or name stops the run before any
+    trial; those on the study's own storage when the first trial asks."""
+
+    def __init__(self, sources: Sequence[Source]):
+        self.sources = list(sources)
+        self._elsewhere = load_trials([s for s in self.sources if s[0] is not None], own=None)
+        self._loaded: list[list[FrozenTrial]] | None = None
+
+    def trials(self, own: optuna.storages.BaseStorage) -> list[list[FrozenTrial]]:
+        if self._loaded is None:
+            self._loaded = self._elsewhere + load_trials([s for s in self.sources if s[0] is None], own)
+        return self._loaded
+
+
 class WarmStartSampler(WrappingSampler):
     """Shows `inner` the finished trials of past studies beside this study's own.
 
@@ -90,23 +106,20 @@ class WarmStartSampler(WrappingSampler):
         sampler = WarmStartSampler(optuna.samplers.TPESampler(seed=0), [("sqlite:///old.db", "lr-sweep")])
     """
 
-    def __init__(self, inner: optuna.samplers.BaseSampler, sources: Sequence[Source], per_source: int | None = None):
-        self.inner, self.sources, self.per_source = inner, list(sources), per_source
-        # Sources on other storages are read now, so a wrong URL or name stops the run before any trial.
-        self._elsewhere = load_trials([s for s in self.sources if s[0] is not None], own=None)  # type: ignore[arg-type]
-        self._loaded: list[list[FrozenTrial]] | None = None
+    def __init__(self, inner: optuna.samplers.BaseSampler, sources: Sequence[Source] | PastStudies,
+                 per_source: int | None = None):
+        self.inner, self.per_source = inner, per_source
+        self.past = sources if isinstance(sources, PastStudies) else PastStudies(sources)
         self._past: list[FrozenTrial] = []
         self._space_key: tuple[str, ...] | None = None
 
     def _view(self, study: Any) -> _WarmView:
-        if self._loaded is None:
-            self._loaded = self._elsewhere + load_trials([s for s in self.sources if s[0] is None], study._storage)
         space: dict[str, BaseDistribution] = {}
         for t in study._get_trials(deepcopy=False, states=None, use_cache=True):
             space.update(t.distributions)
         key = tuple(sorted(space))
         if key != self._space_key:  # this study's space as its trials have declared it so far
-            self._past, self._space_key = _transfer(self._loaded, space, self.per_source), key
+            self._past, self._space_key = _transfer(self.past.trials(study._storage), space, self.per_source), key
         return _WarmView(study, self._past)
 
 

@@ -40,6 +40,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("direct", "proxy-width", "proxy-none")
 SEEDS = (42, 43, 44)
+MAXIMIZE = {"exact_match": True, "eval_loss": False}
+ORACLE_FILE = {"exact_match": "b1_oracle.json", "eval_loss": "b1_oracle_eval_loss.json"}  # made by b1_builtin.py
 
 
 def log(msg: str) -> None:
@@ -52,12 +54,14 @@ def base(args: argparse.Namespace, name: str, db: Path) -> dict[str, Any]:
         "model": {"name_or_path": "builtin:tiny"},
         "data": {"builtin": {"n_train": 3000, "n_validation": 200, "n_test": 200, "seed": 0}},
         "train": {"per_device_train_batch_size": 32, "max_steps": args.steps, "eval_steps": args.steps,
-                  "eval_max_samples": 200, "warmup_ratio": 0.1, "seed": 42, "learning_rate": 1e-3,
+                  # eval_loss mode: generation metrics are not the objective, so 1 row keeps them cheap
+                  "eval_max_samples": 200 if args.metric == "exact_match" else 1, "warmup_ratio": 0.1, "seed": 42,
+                  "learning_rate": 1e-3,
                   "lr_scheduler_type": "linear", "torch_num_threads": args.threads, "device": "cpu"},
         "search": {"strategy": "tpe", "n_startup_trials": 5, "baseline": False, "n_trials": args.direct_trials,
                    "space": {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
                              "lr_scheduler_type": ["linear", "cosine", "constant_with_warmup"]}},
-        "objective": {"metric": "exact_match"},
+        "objective": {"metric": args.metric, "direction": "maximize" if MAXIMIZE[args.metric] else "minimize"},
     }
 
 
@@ -113,10 +117,10 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
     if variant == "direct":
         ordered = sorted(done, key=lambda t: t.number)
         for k in (5, len(ordered)):
-            best = max(ordered[:k], key=lambda t: t.value)
+            best = (max if MAXIMIZE[args.metric] else min)(ordered[:k], key=lambda t: t.value)
             out[f"after_{k}"] = {"fte": float(k), "config": best.params, "search_value": best.value}
     else:
-        best = max(done, key=lambda t: t.value)
+        best = (max if MAXIMIZE[args.metric] else min)(done, key=lambda t: t.value)
         from lmtune.results import load_study
 
         names = [r["study"] for r in StudyRecord(study.optuna).proxy_rungs]
@@ -136,7 +140,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
 
 
 def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str, Any]) -> float:
-    """Mean validation exact match over the oracle's seeds, as the oracle was measured."""
+    """Mean validation score (`--metric`) over the oracle's seeds, as the oracle was measured."""
     from lmtune.config import validate_config
     from lmtune.train.trainer import Trainer
 
@@ -146,8 +150,8 @@ def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str
         scores = []
         for s in SEEDS:
             train = cfg.train.with_params({**config, "seed": s})
-            scores.append(Trainer(cfg.model, cfg.data, train, objective_metric="exact_match",
-                                  maximize=True).setup().train().metrics["exact_match"])
+            scores.append(Trainer(cfg.model, cfg.data, train, objective_metric=args.metric,
+                                  maximize=MAXIMIZE[args.metric]).setup().train().metrics[args.metric])
         cache[key] = {"seeds": scores, "mean": statistics.fmean(scores)}
         log(f"  true score {key}: {scores} -> {cache[key]['mean']:.4f}")
     return cache[key]["mean"]
@@ -170,7 +174,8 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
         if any(r is None for r in runs):
             continue
         ftes = [r[point]["fte"] for r in runs]
-        regrets = [oracle - cache[f"{r[point]['config']['learning_rate']:.6g}|"
+        sign = 1 if MAXIMIZE[args.metric] else -1  # regret > 0: worse than the oracle
+        regrets = [sign * oracle - sign * cache[f"{r[point]['config']['learning_rate']:.6g}|"
                                   f"{r[point]['config']['lr_scheduler_type']}"]["mean"] for r in runs]
         configs = "; ".join(f"{r[point]['config']['learning_rate']:.2g} {r[point]['config']['lr_scheduler_type']}"
                             for r in runs)
@@ -193,17 +198,21 @@ def main() -> None:
     p.add_argument("--depth-steps", type=float, default=0.2, help="steps_fraction of the depth ladder's rungs")
     p.add_argument("--width-trials", default="10,6,3", help="trials of the width ladder's rungs (16, 32, 64)")
     p.add_argument("--depth-trials", default="5,3", help="trials of the depth ladder's rungs (1, 2 layers)")
-    p.add_argument("--rung-metric", default="exact_match", choices=["exact_match", "eval_loss"])
+    p.add_argument("--metric", default="exact_match", choices=sorted(MAXIMIZE),
+                   help="the target's objective, oracle and regret (eval_loss: B1's redesign, with --steps 60)")
+    p.add_argument("--rung-metric", default=None, choices=sorted(MAXIMIZE), help="the rungs' objective (--metric)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b5"))
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.rung_metric = args.rung_metric or args.metric
     args.workdir.mkdir(parents=True, exist_ok=True)
     import torch
 
     torch.set_num_threads(args.threads)
-    oracle_data = json.loads((HERE / "b1_oracle.json").read_text())
+    oracle_file = ORACLE_FILE[args.metric]
+    oracle_data = json.loads((HERE / oracle_file).read_text())
     if oracle_data["steps"] != args.steps:
-        sys.exit(f"bench/b1_oracle.json was made for {oracle_data['steps']} steps; pass --steps {oracle_data['steps']}")
+        sys.exit(f"bench/{oracle_file} was made for {oracle_data['steps']} steps; pass --steps {oracle_data['steps']}")
     oracle = oracle_data["oracle"]
     path = args.workdir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}, "true_scores": {}}
@@ -219,7 +228,7 @@ def main() -> None:
                 if isinstance(point, dict):
                     true_score(point["config"], args, results["true_scores"])
                     path.write_text(json.dumps(results, indent=1))
-    print(f"oracle (B1, 3-seed mean exact match): {oracle:.4f}")
+    print(f"oracle (B1, 3-seed mean {args.metric}): {oracle:.4f}")
     print(table(results, oracle, args))
 
 

@@ -12,7 +12,10 @@ reference_optima.csv and of every epoch-52 value any run in --out found.
 DEHB (pip `dehb`) runs through its own ask/tell API (min_fidelity 1, max_fidelity 52, eta 3; fidelities rounded
 to whole epochs, each evaluation trains from scratch and costs its fidelity in epochs). `dehb` pins numpy<2, so
 it lives in its own venv (`python -m venv V && V/bin/python -m pip install dehb onnxruntime`); the same script
-runs there (it imports lmtune only for lmtune's strategies). The commands behind BENCHMARKS.md:
+runs there (it imports lmtune only for lmtune's strategies). SMAC3 (pip `smac`, its multi-fidelity facade: random
+forest + Hyperband, min_budget 1, max_budget 52, eta 3; ask/tell, fidelities as for DEHB) likewise gets its own venv
+(`python -m venv V && V/bin/pip install swig && PATH=V/bin:$PATH V/bin/pip install smac onnxruntime`: its pyrfr
+is built from source with swig). The commands behind BENCHMARKS.md:
 
     .venv/bin/python bench/lcbench.py --seeds 50 --strategies random,tpe,auto,asha,hyperband --jobs 2
     /work/lcbench-dehb-venv/bin/python bench/lcbench.py --seeds 50 --strategies dehb
@@ -60,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -93,6 +97,7 @@ SPACE: dict[str, dict[str, Any]] = {
     "max_dropout": {"low": 0.0, "high": 1.0},
 }
 MULTI_FIDELITY = ("bohb", "asha", "hyperband")
+EXTERNAL = ("dehb", "smac")  # peers run through their own ask/tell APIs, each in its own venv (module docstring)
 MODEL_BASED = ("tpe", "bohb")
 
 
@@ -189,8 +194,8 @@ class Spec:
 
 
 def default_spec(strategy: str, rf: int = 3, min_r: int = 1, startup: int = 10) -> Spec:
-    if strategy == "dehb":
-        return Spec("dehb", rf=rf, min_r=1)  # eta = rf; DEHB's min_fidelity is fixed at 1 epoch here
+    if strategy in EXTERNAL:
+        return Spec(strategy, rf=rf, min_r=1)  # eta = rf; their minimum fidelity is fixed at 1 epoch here
     return Spec(strategy, rf=rf if strategy in MULTI_FIDELITY else None,
                 min_r=min_r if strategy in MULTI_FIDELITY else None,
                 startup=startup if strategy in MODEL_BASED else None)
@@ -390,9 +395,44 @@ def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, A
     return {"events": events, "epochs": spent, "trials": n, "states": {}, "seconds": time.perf_counter() - start}
 
 
+def run_smac(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
+    """SMAC3's multi-fidelity facade (random forest + Hyperband) through its ask/tell API: budget = epochs
+    (rounded), each evaluation trains from scratch; SMAC minimizes, so it is told the negative accuracy."""
+    from ConfigSpace import ConfigurationSpace, Float, Integer
+    from smac import MultiFidelityFacade, Scenario
+    from smac.runhistory.dataclasses import TrialValue
+
+    surrogate = _surrogate()
+    cs = ConfigurationSpace(seed=seed)
+    for name, d in SPACE.items():
+        make = Integer if isinstance(d["low"], int) else Float
+        cs.add(make(name, (d["low"], d["high"]), log=bool(d.get("log", False))))
+
+    def never_called(config: Any, seed: int = 0, budget: float = 0.0) -> float:  # ask/tell evaluates itself
+        raise RuntimeError("SMAC's target function is not used with ask/tell")
+
+    start = time.perf_counter()
+    spent, events, n = 0, [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        scenario = Scenario(cs, deterministic=True, n_trials=1_000_000, min_budget=spec.min_r or 1,
+                            max_budget=MAX_EPOCH, seed=seed, output_directory=Path(tmp) / "smac")
+        smac = MultiFidelityFacade(scenario, never_called, overwrite=True, logging_level=False,
+                                   intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=spec.rf or 3))
+        while spent < budget * MAX_EPOCH:
+            info = smac.ask()
+            epochs = min(MAX_EPOCH, max(1, int(round(float(info.budget)))))
+            acc, _ = surrogate.curve(instance, dict(info.config))
+            spent += epochs
+            n += 1
+            if epochs == MAX_EPOCH:
+                events.append([spent, float(acc[-1])])
+            smac.tell(info, TrialValue(cost=-float(acc[epochs - 1])))
+    return {"events": events, "epochs": spent, "trials": n, "states": {}, "seconds": time.perf_counter() - start}
+
+
 def run_one(task: tuple[Spec, str, int, float]) -> dict[str, Any]:
     spec, instance, seed, budget = task
-    runner = run_dehb if spec.strategy == "dehb" else run_lmtune
+    runner = {"dehb": run_dehb, "smac": run_smac}.get(spec.strategy, run_lmtune)
     out = runner(spec, instance, seed, budget)
     return {"label": spec.label, "spec": asdict(spec), "instance": instance, "seed": seed, "budget": budget, **out}
 
@@ -433,7 +473,7 @@ def run_tasks(tasks: list[tuple[Spec, str, int, float]], out: Path, jobs: int) -
 # Chosen from the sweep (seeds 0..19) and checked with --recommended on all main seeds (see BENCHMARKS.md).
 RECOMMENDED = (Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5), Spec("asha", rf=3, min_r=3),
                Spec("hyperband", rf=3, min_r=9))
-DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb", "auto")}
+DEFAULT_LABELS = {default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", *EXTERNAL, "auto")}
 # Issue 13's comparison: the earlier strategies at their best B2 settings (bohb = the earlier auto, with its
 # shipped min_resource 1 and the sweep's 9). The new `auto` runs beside them with `--specs auto`.
 MAIN = (Spec("random"), Spec("tpe", startup=5), Spec("bohb", rf=3, min_r=9, startup=5),
@@ -642,7 +682,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first-seed", type=int, default=0, help="main seeds are first..first+N-1 (e.g. held-out seeds)")
     p.add_argument("--budget", type=float, default=30.0, help="budget per run in full-training equivalents")
     p.add_argument("--strategies", default="random,tpe,auto,asha,dehb",
-                   help="comma list of random, tpe, auto, asha, hyperband, dehb (defaults: rf 3, min 1, startup 10)")
+                   help="comma list of random, tpe, auto, asha, hyperband, dehb, smac (defaults: rf 3, min 1, "
+                        "startup 10)")
     p.add_argument("--instances", default=",".join(DEV_INSTANCES), help="OpenML task ids (default: the 12 dev)")
     p.add_argument("--sweep", action="store_true",
                    help="sweep reduction factor {2,3,4} x min resource {1,3,9} (auto, asha) and startup trials "
@@ -678,12 +719,11 @@ def main(argv: list[str] | None = None) -> None:
 
     instances = [i.strip() for i in args.instances.split(",") if i.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if "dehb" in strategies and not args.report_only:
-        try:
-            import dehb  # noqa: F401
-        except ImportError:
-            print("dehb is not installed in this interpreter; skipping it (see the module docstring)", file=sys.stderr)
-            strategies.remove("dehb")
+    for peer in EXTERNAL:
+        if peer in strategies and not args.report_only and importlib.util.find_spec(peer) is None:
+            print(f"{peer} is not installed in this interpreter; skipping it (see the module docstring)",
+                  file=sys.stderr)
+            strategies.remove(peer)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     extra_specs = [Spec.parse(x) for x in args.specs.split(";") if x.strip()]
     sweep_seeds = list(range(args.sweep_seeds))
@@ -710,7 +750,7 @@ def main(argv: list[str] | None = None) -> None:
 
     records = load_records(args.out)
     ref = references(records)
-    labels = [default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", "dehb")]
+    labels = [default_spec(s).label for s in ("random", "tpe", "bohb", "asha", "hyperband", *EXTERNAL)]
     labels += [s.label for s in (*RECOMMENDED, *MAIN, Spec("auto"), *extra_specs)]
     labels = list(dict.fromkeys(labels))
     print(f"## Normalized regret (%) at budget checkpoints, mean / median over {len(instances)} tasks x "

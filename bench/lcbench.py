@@ -367,16 +367,22 @@ def make_warm_sources(out: Path, instances: list[str]) -> str:
     return url
 
 
-def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
-    """DEHB through its ask/tell API: fidelity = epochs (rounded), each evaluation trains from scratch."""
+def config_space(seed: int) -> Any:
+    """LCBench's space as a ConfigSpace (DEHB's and SMAC3's form of it)."""
     from ConfigSpace import ConfigurationSpace, Float, Integer
-    from dehb import DEHB
 
-    surrogate = _surrogate()
     cs = ConfigurationSpace(seed=seed)
     for name, d in SPACE.items():
         make = Integer if isinstance(d["low"], int) else Float
         cs.add(make(name, (d["low"], d["high"]), log=bool(d.get("log", False))))
+    return cs
+
+
+def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
+    """DEHB through its ask/tell API: fidelity = epochs (rounded), each evaluation trains from scratch."""
+    from dehb import DEHB
+
+    surrogate, cs = _surrogate(), config_space(seed)
     start = time.perf_counter()
     spent, events, n = 0, [], 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -398,15 +404,10 @@ def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, A
 def run_smac(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
     """SMAC3's multi-fidelity facade (random forest + Hyperband) through its ask/tell API: budget = epochs
     (rounded), each evaluation trains from scratch; SMAC minimizes, so it is told the negative accuracy."""
-    from ConfigSpace import ConfigurationSpace, Float, Integer
     from smac import MultiFidelityFacade, Scenario
     from smac.runhistory.dataclasses import TrialValue
 
-    surrogate = _surrogate()
-    cs = ConfigurationSpace(seed=seed)
-    for name, d in SPACE.items():
-        make = Integer if isinstance(d["low"], int) else Float
-        cs.add(make(name, (d["low"], d["high"]), log=bool(d.get("log", False))))
+    surrogate, cs = _surrogate(), config_space(seed)
 
     def never_called(config: Any, seed: int = 0, budget: float = 0.0) -> float:  # ask/tell evaluates itself
         raise RuntimeError("SMAC's target function is not used with ask/tell")

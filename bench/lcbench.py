@@ -569,7 +569,9 @@ def paired_table(records: list[dict[str, Any]], ref: dict[str, float], label: st
         for c in points:
             delta, se = paired_delta(groups[label], groups[other], ref, c)
             cells.append(f"{delta:+.2f} ± {se:.2f}")
-        lines.append(f"| {other} | {len(groups[label])} | " + " | ".join(cells) + " |")
+        pairs = {(r["instance"], r["seed"]) for r in groups[label]} & {(r["instance"], r["seed"])
+                                                                        for r in groups[other]}
+        lines.append(f"| {other} | {len(pairs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

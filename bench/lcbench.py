@@ -19,7 +19,7 @@ is built from source with swig). The commands behind BENCHMARKS.md:
 
     .venv/bin/python bench/lcbench.py --seeds 50 --strategies random,tpe,auto,asha,hyperband --jobs 2
     /work/lcbench-dehb-venv/bin/python bench/lcbench.py --seeds 50 --strategies dehb
-    /work/lcbench-smac-venv/bin/python bench/lcbench.py --first-seed 20 --seeds 10 --strategies smac \
+    /work/lcbench-smac-venv/bin/python bench/lcbench.py --first-seed 20 --seeds 30 --strategies smac \
         --out runs/b2-peers   # issue 13's peers table: the held-out seeds, beside `--main` and dehb there
     .venv/bin/python bench/lcbench.py --sweep --sweep-seeds 20 --strategies auto,asha,tpe --jobs 2
     .venv/bin/python bench/lcbench.py --seeds 50 --strategies random,tpe,auto,asha,hyperband --recommended --jobs 2

@@ -37,10 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmtune.train.metrics import METRICS
+
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("direct", "proxy-width", "proxy-none")
 SEEDS = (42, 43, 44)
-MAXIMIZE = {"exact_match": True, "eval_loss": False}
+OBJECTIVES = ("eval_loss", "exact_match")  # directions from lmtune.train.metrics.METRICS
 ORACLE_FILE = {"exact_match": "b1_oracle.json", "eval_loss": "b1_oracle_eval_loss.json"}  # made by b1_builtin.py
 
 
@@ -61,7 +63,7 @@ def base(args: argparse.Namespace, name: str, db: Path) -> dict[str, Any]:
         "search": {"strategy": "tpe", "n_startup_trials": 5, "baseline": False, "n_trials": args.direct_trials,
                    "space": {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
                              "lr_scheduler_type": ["linear", "cosine", "constant_with_warmup"]}},
-        "objective": {"metric": args.metric, "direction": "maximize" if MAXIMIZE[args.metric] else "minimize"},
+        "objective": {"metric": args.metric},
     }
 
 
@@ -117,10 +119,10 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
     if variant == "direct":
         ordered = sorted(done, key=lambda t: t.number)
         for k in (5, len(ordered)):
-            best = (max if MAXIMIZE[args.metric] else min)(ordered[:k], key=lambda t: t.value)
+            best = (max if METRICS[args.metric].maximize else min)(ordered[:k], key=lambda t: t.value)
             out[f"after_{k}"] = {"fte": float(k), "config": best.params, "search_value": best.value}
     else:
-        best = (max if MAXIMIZE[args.metric] else min)(done, key=lambda t: t.value)
+        best = (max if METRICS[args.metric].maximize else min)(done, key=lambda t: t.value)
         from lmtune.results import load_study
 
         names = [r["study"] for r in StudyRecord(study.optuna).proxy_rungs]
@@ -151,7 +153,7 @@ def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str
         for s in SEEDS:
             train = cfg.train.with_params({**config, "seed": s})
             scores.append(Trainer(cfg.model, cfg.data, train, objective_metric=args.metric,
-                                  maximize=MAXIMIZE[args.metric]).setup().train().metrics[args.metric])
+                                  maximize=METRICS[args.metric].maximize).setup().train().metrics[args.metric])
         cache[key] = {"seeds": scores, "mean": statistics.fmean(scores)}
         log(f"  true score {key}: {scores} -> {cache[key]['mean']:.4f}")
     return cache[key]["mean"]
@@ -174,7 +176,7 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
         if any(r is None for r in runs):
             continue
         ftes = [r[point]["fte"] for r in runs]
-        sign = 1 if MAXIMIZE[args.metric] else -1  # regret > 0: worse than the oracle
+        sign = 1 if METRICS[args.metric].maximize else -1  # regret > 0: worse than the oracle
         regrets = [sign * oracle - sign * cache[f"{r[point]['config']['learning_rate']:.6g}|"
                                   f"{r[point]['config']['lr_scheduler_type']}"]["mean"] for r in runs]
         configs = "; ".join(f"{r[point]['config']['learning_rate']:.2g} {r[point]['config']['lr_scheduler_type']}"
@@ -198,9 +200,9 @@ def main() -> None:
     p.add_argument("--depth-steps", type=float, default=0.2, help="steps_fraction of the depth ladder's rungs")
     p.add_argument("--width-trials", default="10,6,3", help="trials of the width ladder's rungs (16, 32, 64)")
     p.add_argument("--depth-trials", default="5,3", help="trials of the depth ladder's rungs (1, 2 layers)")
-    p.add_argument("--metric", default="exact_match", choices=sorted(MAXIMIZE),
+    p.add_argument("--metric", default="exact_match", choices=OBJECTIVES,
                    help="the target's objective, oracle and regret (eval_loss: B1's redesign, with --steps 60)")
-    p.add_argument("--rung-metric", default=None, choices=sorted(MAXIMIZE), help="the rungs' objective (--metric)")
+    p.add_argument("--rung-metric", default=None, choices=OBJECTIVES, help="the rungs' objective (--metric)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b5"))
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

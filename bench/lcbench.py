@@ -380,57 +380,62 @@ def config_space(seed: int) -> Any:
     return cs
 
 
-def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
-    """DEHB through its ask/tell API: fidelity = epochs (rounded), each evaluation trains from scratch."""
-    from dehb import DEHB
-
-    surrogate, cs = _surrogate(), config_space(seed)
+def run_ask_tell(ask: Any, tell: Any, instance: str, budget: float) -> dict[str, Any]:
+    """A peer's run through its ask/tell API. `ask()` gives (job, config, fidelity in epochs); each evaluation
+    trains the config from scratch for the fidelity, rounded, and costs that many epochs; `tell(job, accuracy at
+    that epoch, epochs)` reports it."""
+    surrogate = _surrogate()
     start = time.perf_counter()
     spent, events, n = 0, [], 0
-    with tempfile.TemporaryDirectory() as tmp:
-        opt = DEHB(cs=cs, dimensions=len(cs), min_fidelity=spec.min_r or 1, max_fidelity=MAX_EPOCH,
-                   eta=spec.rf or 3, n_workers=1, seed=seed, output_path=tmp, log_level="ERROR", save_freq=None)
-        while spent < budget * MAX_EPOCH:
-            job = opt.ask()
-            epochs = min(MAX_EPOCH, max(1, int(round(float(job["fidelity"])))))
-            params = dict(job["config"])
-            acc, _ = surrogate.curve(instance, params)
-            spent += epochs
-            n += 1
-            if epochs == MAX_EPOCH:
-                events.append([spent, float(acc[-1])])
-            opt.tell(job, {"fitness": -float(acc[epochs - 1]), "cost": float(epochs)})
+    while spent < budget * MAX_EPOCH:
+        job, config, fidelity = ask()
+        epochs = min(MAX_EPOCH, max(1, int(round(float(fidelity)))))
+        acc, _ = surrogate.curve(instance, dict(config))
+        spent += epochs
+        n += 1
+        if epochs == MAX_EPOCH:
+            events.append([spent, float(acc[-1])])
+        tell(job, float(acc[epochs - 1]), epochs)
     return {"events": events, "epochs": spent, "trials": n, "states": {}, "seconds": time.perf_counter() - start}
 
 
+def run_dehb(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
+    """DEHB (differential evolution + Hyperband); it minimizes, so it is told the negative accuracy."""
+    from dehb import DEHB
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = DEHB(cs=config_space(seed), dimensions=len(SPACE), min_fidelity=spec.min_r or 1,
+                   max_fidelity=MAX_EPOCH, eta=spec.rf or 3, n_workers=1, seed=seed, output_path=tmp,
+                   log_level="ERROR", save_freq=None)
+
+        def ask() -> tuple[Any, Any, float]:
+            job = opt.ask()
+            return job, job["config"], job["fidelity"]
+
+        return run_ask_tell(ask, lambda job, acc, epochs: opt.tell(job, {"fitness": -acc, "cost": float(epochs)}),
+                            instance, budget)
+
+
 def run_smac(spec: Spec, instance: str, seed: int, budget: float) -> dict[str, Any]:
-    """SMAC3's multi-fidelity facade (random forest + Hyperband) through its ask/tell API: budget = epochs
-    (rounded), each evaluation trains from scratch; SMAC minimizes, so it is told the negative accuracy."""
+    """SMAC3's multi-fidelity facade (random forest + Hyperband); it minimizes, so it is told the negative
+    accuracy."""
     from smac import MultiFidelityFacade, Scenario
     from smac.runhistory.dataclasses import TrialValue
-
-    surrogate, cs = _surrogate(), config_space(seed)
 
     def never_called(config: Any, seed: int = 0, budget: float = 0.0) -> float:  # ask/tell evaluates itself
         raise RuntimeError("SMAC's target function is not used with ask/tell")
 
-    start = time.perf_counter()
-    spent, events, n = 0, [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        scenario = Scenario(cs, deterministic=True, n_trials=1_000_000, min_budget=spec.min_r or 1,
+        scenario = Scenario(config_space(seed), deterministic=True, n_trials=1_000_000, min_budget=spec.min_r or 1,
                             max_budget=MAX_EPOCH, seed=seed, output_directory=Path(tmp) / "smac")
         smac = MultiFidelityFacade(scenario, never_called, overwrite=True, logging_level=False,
                                    intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=spec.rf or 3))
-        while spent < budget * MAX_EPOCH:
+
+        def ask() -> tuple[Any, Any, float]:
             info = smac.ask()
-            epochs = min(MAX_EPOCH, max(1, int(round(float(info.budget)))))
-            acc, _ = surrogate.curve(instance, dict(info.config))
-            spent += epochs
-            n += 1
-            if epochs == MAX_EPOCH:
-                events.append([spent, float(acc[-1])])
-            smac.tell(info, TrialValue(cost=-float(acc[epochs - 1])))
-    return {"events": events, "epochs": spent, "trials": n, "states": {}, "seconds": time.perf_counter() - start}
+            return info, info.config, info.budget
+
+        return run_ask_tell(ask, lambda info, acc, epochs: smac.tell(info, TrialValue(cost=-acc)), instance, budget)
 
 
 def run_one(task: tuple[Spec, str, int, float]) -> dict[str, Any]:

@@ -107,3 +107,23 @@ def test_an_uncertain_prediction_is_guarded():
     unsure = rule.unsure(1e11, 4e9, max_factor=3.0)
     assert "learning_rate" in unsure and "uncertain by a factor" in unsure["learning_rate"]
     assert rule.band(1e11, 4e9)["learning_rate"] > 3.0
+
+
+def test_a_group_offset_does_not_bend_the_bowl():
+    # One rung, one bowl in log-lr with its optimum at ln(3e-3); the trials of group "bad" (a worse schedule, say)
+    # all lie above the optimum and lose 0.3 more. One bowl through all of them leans away from them; an offset
+    # per group recovers the optimum.
+    rng = np.random.default_rng(0)
+    x = np.log(3e-3) + rng.uniform(-1.5, 1.5, size=18)
+    groups = np.where((x > np.log(3e-3) + 0.3) & (np.arange(18) % 2 == 0), "bad", "good")
+    loss = 2.0 + 0.1 * (x - np.log(3e-3)) ** 2 + 0.3 * (groups == "bad") + rng.normal(0, 0.003, size=18)
+    hps = {"learning_rate": np.exp(x)}
+    grouped = rung_optimum(1e8, 4e9, hps, loss, groups)
+    pooled = rung_optimum(1e8, 4e9, hps, loss)
+    assert grouped.method == "quadratic"
+    error = abs(grouped.log_opt["learning_rate"] - np.log(3e-3))
+    assert error < 0.1 and error < abs(pooled.log_opt["learning_rate"] - np.log(3e-3)) / 3
+    # fit() reads the group from the records; without one every trial is one group.
+    rows = [{"n_params": 1e8, "n_tokens": 4e9, "learning_rate": float(np.exp(v)), "batch_size": 32.0,
+             "loss": float(y), "group": str(g)} for v, y, g in zip(x, loss, groups, strict=True)]
+    assert fit(rows, ["learning_rate"]).rungs[0].log_opt == pytest.approx(grouped.log_opt)

@@ -7,15 +7,18 @@ Pure functions over plain records (numpy only, no Optuna or torch), so any set o
     rule.predict(n_params, n_tokens)           # {"learning_rate": ..., "batch_size": ...}
 
 A record is a mapping (or an object with attributes) with ``n_params``, ``n_tokens`` (training tokens),
-``learning_rate``, ``batch_size`` (effective, in sequences) and ``loss`` (lower is better). Records sharing
+``learning_rate``, ``batch_size`` (effective, in sequences) and ``loss`` (lower is better), and optionally a
+``group``: any value naming what else the trial varied (its scheduler, optimizer...). Records sharing
 ``(n_params, n_tokens)`` form one rung. The fit has two steps, each with its uncertainty:
 
 1. Per rung, a quadratic in the log hyperparameters fitted to the losses of the trials nearest the rung's best:
    its vertex is the rung's optimum, and the delta method on the quadratic's coefficients gives its standard
    error. Using the neighbours of the best, not the best alone, is what makes a rung of a few noisy trials
-   informative. Where the losses are not convex around the best, the best trial stands in, with an error of
-   the spacing to its neighbours (or the spread of the trials about as good). A rung needs 3 distinct values
-   of a hyperparameter to place its optimum: the better of two does not say where the optimum lies.
+   informative. Each group gets its own offset on one shared bowl, so a trial whose schedule cost it 0.3 in loss
+   does not bend the bowl (on a short run the schedule moves the loss as much as the rate does). Where the losses
+   are not convex around the best, the best trial stands in, with an error of the spacing to its neighbours (or
+   the spread of the trials about as good). A rung needs 3 distinct values of a hyperparameter to place its
+   optimum: the better of two does not say where the optimum lies.
 2. Across rungs, weighted least squares of ln(optimum) on (1, ln N, ln D) with weights 1/se^2; the parameter
    errors are scaled up by the reduced chi^2 when it exceeds 1 (the Birge ratio), so rungs that disagree more
    than their own errors say widen the prediction. A size that takes one value on every rung drops out of the
@@ -43,6 +46,11 @@ def _get(record: Any, key: str) -> Any:
     return record[key] if isinstance(record, Mapping) else getattr(record, key)
 
 
+def _get_or(record: Any, key: str) -> Any:
+    """An optional field, None where the record has none."""
+    return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+
 # ------------------------------------------------------------------------------------------------ one rung
 @dataclass(frozen=True)
 class RungOptimum:
@@ -56,10 +64,14 @@ class RungOptimum:
     method: str  # "quadratic" (the vertex of the fitted quadratic) or "best trial"
 
 
-def rung_optimum(n_params: float, n_tokens: float, hps: dict[str, np.ndarray], loss: np.ndarray) -> RungOptimum:
-    """The optimum of one rung's trials (`hps`: name -> values, `loss`: lower is better)."""
+def rung_optimum(n_params: float, n_tokens: float, hps: dict[str, np.ndarray], loss: np.ndarray,
+                 groups: np.ndarray | None = None) -> RungOptimum:
+    """The optimum of one rung's trials (`hps`: name -> values, `loss`: lower is better, `groups`: each trial's
+    group, or None for one group)."""
     ok = np.isfinite(loss) & np.all([np.isfinite(v) & (v > 0) for v in hps.values()], axis=0)
     loss = loss[ok]
+    group_ids = np.unique(np.asarray(groups)[ok], return_inverse=True)[1] if groups is not None else \
+        np.zeros(len(loss), dtype=int)
     logs = {h: np.log(v[ok]) for h, v in hps.items()}
     # Two values bracket nothing: the better of two says which side is better, not where the optimum is.
     varied = [h for h, v in logs.items() if len(np.unique(v)) >= 3]
@@ -78,7 +90,7 @@ def rung_optimum(n_params: float, n_tokens: float, hps: dict[str, np.ndarray], l
     for dims in attempts:
         if not dims or not all(opt[h] == logs[h][best] for h in dims):
             continue  # a dimension already placed by the joint fit
-        found = _quadratic_vertex(np.column_stack([logs[h] for h in dims]), loss, best)
+        found = _quadratic_vertex(np.column_stack([logs[h] for h in dims]), loss, best, group_ids)
         if found is not None:
             for h, v, s in zip(dims, *found, strict=True):
                 opt[h], se[h] = float(v), float(s)
@@ -95,10 +107,12 @@ def _spacing(values: np.ndarray, at: float) -> float:
     return float(np.mean(gaps)) / 2 if gaps else 1.0
 
 
-def _features(z: np.ndarray) -> np.ndarray:
+def _features(z: np.ndarray, group_ids: np.ndarray, reference: int) -> np.ndarray:
+    """The quadratic's columns, then an offset column per group other than the `reference` one (present only)."""
     d = z.shape[1]
     cols = [np.ones(len(z)), *(z[:, j] for j in range(d))]
     cols += [z[:, i] * z[:, j] for i in range(d) for j in range(i, d)]
+    cols += [(group_ids == g).astype(float) for g in np.unique(group_ids) if g != reference]
     return np.column_stack(cols)
 
 
@@ -115,19 +129,22 @@ def _vertex(beta: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     return -np.linalg.solve(h, g), h
 
 
-def _quadratic_vertex(x: np.ndarray, loss: np.ndarray, best: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The vertex of a quadratic fitted to the trials nearest the best, and its standard errors; None where the
-    fit is not identified, not convex, or puts the vertex outside the trials it was fitted to."""
+def _quadratic_vertex(x: np.ndarray, loss: np.ndarray, best: int, group_ids: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The vertex of a quadratic (with an offset per group) fitted to the trials nearest the best, and its
+    standard errors; None where the fit is not identified, not convex, or puts the vertex outside the trials it
+    was fitted to."""
     n, d = x.shape
-    p = 1 + d + d * (d + 1) // 2
+    p = 1 + d + d * (d + 1) // 2 + len(np.unique(group_ids)) - 1
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
     z = (x - x[best]) / scale
     m = min(n, max(2 * p, math.ceil(0.6 * n)))
     near = np.argsort(np.linalg.norm(z, axis=1), kind="stable")[:m]
+    phi, y = _features(z[near], group_ids[near], group_ids[best]), loss[near]
+    p = phi.shape[1]  # the groups among the nearest trials only
     if m <= p:
         return None
-    phi, y = _features(z[near]), loss[near]
     if np.linalg.matrix_rank(phi) < p:
         return None
     beta, *_ = np.linalg.lstsq(phi, y, rcond=None)
@@ -287,5 +304,6 @@ def fit(records: Iterable[Any], hyperparameters: Iterable[str] = HYPERPARAMETERS
     optima = []
     for (n, d), group in sorted(groups.items(), key=lambda kv: kv[0][0] * kv[0][1]):
         hps = {h: np.array([float(_get(r, h)) for r in group]) for h in names}
-        optima.append(rung_optimum(n, d, hps, np.array([float(_get(r, "loss")) for r in group])))
+        labels = np.array([str(_get_or(r, "group")) for r in group])
+        optima.append(rung_optimum(n, d, hps, np.array([float(_get(r, "loss")) for r in group]), labels))
     return Rule({h: fit_law(h, optima) for h in names}, optima)

@@ -225,3 +225,29 @@ def test_ladder_config_errors(tmp_path):
                                                        "transfer": {"batch_size": "fit"}}))
     names = validate_config(small_config(tmp_path, stages={"proxies": [rung, rung]})).stages.rungs("test")
     assert [n for n, _ in names] == ["test-proxy-1", "test-proxy-2"]
+
+
+def test_a_last_rung_worse_than_a_smaller_one_is_not_carried():
+    from types import SimpleNamespace
+
+    import optuna
+
+    from lmtune.proxy import Scale, _carried
+
+    def rung(name, values, n_params, direction="minimize"):
+        study = optuna.create_study(study_name=name, direction=direction)
+        dist = {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+        for v in values:
+            study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3}, distributions=dist, value=v))
+        return None, SimpleNamespace(optuna=study, name=name), Scale(n_params, 16, 100, 0.4, 0.4)
+
+    # The larger rung found a lower loss: it is carried, as the ladder is consistent.
+    assert _carried([rung("a", [2.6, 2.4], 1e4), rung("b", [2.5, 2.2], 5e4), rung("c", [2.3, 2.1], 2e5)]) == (2, "")
+    # Its best is worse than both smaller rungs': the best of them is carried, and the reason names both.
+    index, why = _carried([rung("a", [2.6, 2.3], 1e4), rung("b", [2.5, 2.1], 5e4), rung("c", [2.4, 2.35], 2e5)])
+    assert index == 1 and "last rung (c)" in why and "smaller rung b" in why
+    # Maximised objectives compare the other way.
+    assert _carried([rung("a", [0.5], 1e4, "maximize"), rung("b", [0.6], 5e4, "maximize")]) == (1, "")
+    assert _carried([rung("a", [0.7], 1e4, "maximize"), rung("b", [0.6], 5e4, "maximize")])[0] == 0
+    # A rung at a larger scale than the last is no evidence against it.
+    assert _carried([rung("a", [2.0], 1e6), rung("b", [2.2], 5e4)]) == (1, "")

@@ -244,8 +244,9 @@ def narrow_rung(cfg: ExperimentConfig, stage: ProxyStage, done: Done) -> ProxySt
         return stage
     placed = [(s, study, _scale(cfg, s)) for s, study in done]
     dest = _scale(cfg, stage)
-    fitted, at_source, _ = _fitted(cfg, placed, dest) if len(placed) >= 2 else ({}, {}, None)
-    moved = _moved(cfg, placed[-1], dest, 1, fitted, at_source)
+    source, missed = _carried(placed)
+    fitted, at_source, _ = _fitted(cfg, placed, dest, missed) if len(placed) >= 2 else ({}, {}, None)
+    moved = _moved(cfg, placed[source], dest, 1, fitted, at_source)
     if not moved:
         return stage
     space = stage.cfg.search.space
@@ -271,8 +272,9 @@ def plan_target(cfg: ExperimentConfig, done: Done) -> TargetStage:
     rules = stages.transfer
     placed = [(s, study, _scale(cfg, s)) for s, study in done]
     dest = _scale(cfg, None, last.n_train)
-    fitted, at_source, fit_info = _fitted(cfg, placed, dest)
-    moved = _moved(cfg, placed[-1], dest, rules.top_k, fitted, at_source)
+    source, missed = _carried(placed)
+    fitted, at_source, fit_info = _fitted(cfg, placed, dest, missed)
+    moved = _moved(cfg, placed[source], dest, rules.top_k, fitted, at_source)
     space = dict(cfg.search.space)
     local = rules.local_search
     if local is not None and moved:
@@ -294,14 +296,34 @@ def plan_target(cfg: ExperimentConfig, done: Done) -> TargetStage:
     stage2 = target_cfg.search.model_copy(update={  # the startup trials the target study was opened with
         "n_trials": n_target, "budget": BudgetConfig(),
         "n_startup_trials": default_startup_trials(cfg.search.n_trials) if startup is None else startup})
-    source = placed[-1][2]
+    carried = placed[source][2]
     return TargetStage(target_cfg.model_copy(update={"search": stage2, "stages": None}), target,
-                       source.hidden / dest.hidden, dest.rows / source.rows, 1.0 / source.steps_fraction)
+                       carried.hidden / dest.hidden, dest.rows / carried.rows, 1.0 / carried.steps_fraction)
 
 
 def record_stages(done: Done, target: TargetStage) -> None:
     """Store the transfer's ratios and every stage's cost on the target study."""
     target.study.optuna.set_user_attr(records.STAGES, _summary([study for _, study in done], target))
+
+
+def _carried(placed: list[tuple[ProxyStage, Study, Scale]]) -> tuple[int, str]:
+    """(the index of the stage whose top-k moves on, why it is not the last one or ""). A larger model trained on
+    at least as many tokens reaches at least the loss of a smaller one at its optimum; a last rung whose best is
+    worse than a smaller rung's did not find its optimum (its few trials, in a range narrowed around a
+    prediction, missed it), so neither its trials nor a law leaning on them can be trusted: the best rung's
+    top-k moves on by the fixed rules instead."""
+    *_, (_, last_study, last) = placed
+    sign = -1.0 if records.maximizes(last_study.optuna) else 1.0
+    best = [sign * top[0].value if (top := _top_k(study.optuna, 1)) else math.inf for _, study, _ in placed]
+    smaller = [i for i, (_, _, s) in enumerate(placed[:-1])
+               if s.n_params <= last.n_params and s.token_share <= last.token_share and best[i] < best[-1]]
+    if not smaller:
+        return len(placed) - 1, ""
+    i = min(smaller, key=lambda k: best[k])
+    name = placed[i][1].name
+    return i, (f"the last rung ({last_study.name}) reached a worse best value ({sign * best[-1]:.4g}) than the "
+               f"smaller rung {name} ({sign * best[i]:.4g}), so its search missed its optimum; {name}'s top "
+               "configs move on by the fixed rules instead")
 
 
 def _moved(cfg: ExperimentConfig, source: tuple[ProxyStage, Study, Scale], dest: Scale, k: int,
@@ -333,10 +355,11 @@ def _moved(cfg: ExperimentConfig, source: tuple[ProxyStage, Study, Scale], dest:
     return out
 
 
-def _fitted(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]], dest: Scale
+def _fitted(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]], dest: Scale, missed: str = ""
             ) -> tuple[dict[str, float], dict[str, float], dict[str, Any] | None]:
     """With `fit`: (the laws' predictions at `dest` that pass the uncertainty guard, their values at the last
-    stage, what to store); the hyperparameters left out fall back to the fixed rules, each with its reason."""
+    stage, what to store); the hyperparameters left out fall back to the fixed rules, each with its reason
+    (`missed`: every one, for the reason `_carried` gave)."""
     rules = _stages(cfg).transfer
     names = [h for h in transfer_laws.HYPERPARAMETERS if getattr(rules, h) == "fit"]
     if not names:
@@ -351,6 +374,8 @@ def _fitted(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]]
     usable = rule.predict(*at_dest) if d_target else {}
     band = rule.band(*at_dest) if d_target else {}
     unsure = rule.unsure(*at_dest, rules.max_uncertainty) if d_target else {}
+    if missed:
+        unsure = dict.fromkeys(usable, missed)
     used = {h: v for h, v in usable.items() if h not in unsure}
     info = {"rule": rule.to_dict(), "target": {"n_params": at_dest[0], "n_tokens": at_dest[1]},
             "stages": [{"study": study.name, "n_params": float(s.n_params), "n_tokens": d_target * s.token_share}
@@ -364,17 +389,19 @@ def _fitted(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]]
 
 def _fit_records(placed: list[tuple[ProxyStage, Study, Scale]], d_target: float) -> list[dict[str, float]]:
     """Every completed proxy trial as a record of `lmtune.transfer.fit` (its stage's size, its
-    hyperparameters, its objective as a loss)."""
+    hyperparameters, its objective as a loss, and its searched categorical values as its group)."""
     rows = []
     for stage, study, scale in placed:
         sign = -1.0 if records.maximizes(study.optuna) else 1.0
+        categorical = sorted(n for n, spec in stage.cfg.search.space.items() if spec.type == "categorical")
         for t in study.trials:
             if t.state != TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
                 continue
             rows.append({"n_params": float(scale.n_params), "n_tokens": d_target * scale.token_share,
                          "learning_rate": float(TrialRecord(t).trained_hparams.get(
                              "learning_rate", stage.cfg.train.learning_rate)),
-                         "batch_size": float(_batch(t, stage.cfg)), "loss": sign * t.value})
+                         "batch_size": float(_batch(t, stage.cfg)), "loss": sign * t.value,
+                         "group": repr([t.params.get(n) for n in categorical])})
     return rows
 
 

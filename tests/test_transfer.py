@@ -127,3 +127,16 @@ def test_a_group_offset_does_not_bend_the_bowl():
     rows = [{"n_params": 1e8, "n_tokens": 4e9, "learning_rate": float(np.exp(v)), "batch_size": 32.0,
              "loss": float(y), "group": str(g)} for v, y, g in zip(x, loss, groups, strict=True)]
     assert fit(rows, ["learning_rate"]).rungs[0].log_opt == pytest.approx(grouped.log_opt)
+
+
+def test_a_best_at_the_edge_of_what_a_rung_tried_places_nothing_sure():
+    # Losses still falling at the highest rate tried: the optimum lies beyond it, so the rung's error spans
+    # at least the whole range it tried, not the gap to its neighbour.
+    lr = np.array([1e-3, 2e-3, 4e-3, 8e-3, 9e-3])
+    opt = rung_optimum(1e8, 4e9, {"learning_rate": lr}, 3.0 - np.log(lr) * 0.1)
+    assert opt.method == "best trial" and opt.log_opt["learning_rate"] == pytest.approx(math.log(9e-3))
+    assert opt.log_se["learning_rate"] == pytest.approx(math.log(9))
+    # The same best inside the range is placed as finely as the trials around it allow.
+    inside = rung_optimum(1e8, 4e9, {"learning_rate": np.append(lr, 2e-2)},
+                          np.append(3.0 - np.log(lr) * 0.1, 4.0))
+    assert inside.log_se["learning_rate"] < 0.5

@@ -82,7 +82,10 @@ def rung_optimum(n_params: float, n_tokens: float, hps: dict[str, np.ndarray], l
     # The best trial's error: the spread of the trials about as good as it (within a tenth of the losses'
     # range), at least the spacing to its neighbours; a flat or tied rung thus counts for little.
     close = loss <= loss[best] + 0.1 * np.ptp(loss)
-    se = {h: max(_spacing(logs[h], logs[h][best]), float(np.std(logs[h][close]))) for h in varied}
+    se = {h: max(_spacing(logs[h], logs[h][best]), float(np.std(logs[h][close])),
+                 # a best at the edge of what the rung tried says only that the optimum lies beyond it
+                 float(np.ptp(logs[h])) if logs[h][best] in (logs[h].min(), logs[h].max()) else 0.0)
+          for h in varied}
     curved = varied
     # Jointly where it can (the learning rate's optimum moves with the batch size), else one at a time.
     attempts = [curved] + ([[h] for h in curved] if len(curved) > 1 else [])

@@ -21,6 +21,9 @@ Variants (each with search seeds `--seeds`):
   fitted transfer (`transfer.learning_rate: fit`), then the prediction alone re-run on the target (top_k 1, no
   baseline): by width, 4 layers of hidden 16 / 32 / 64 (fresh inits); by depth, the target's first 1 / 2 layers;
   rungs at `--width-steps` / `--depth-steps` of the steps. `--rung-metric` picks the rungs' objective.
+- ``ladder-width-fixed`` / ``ladder-depth-fixed`` (not in the default list): the same ladders with the fixed width
+  rule instead of the fit (each rung narrowed around, and the target given, the best rung's best learning rate x
+  the width ratio, which is 1 for the depth ladder): the ablation of the fit.
 
     .venv/bin/python bench/b5_proxy.py                     # every variant, seeds 0,1,2; prints the table
 """
@@ -75,8 +78,9 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[st
     if variant != "direct":
         if variant.startswith("ladder-"):
             cfg["search"]["baseline"] = False
-            cfg["stages"] = {"proxies": LADDERS[variant](args, seed),
-                             "transfer": {"top_k": 1, "learning_rate": "fit"}}
+            fixed = variant.endswith("-fixed")  # the same ladder, moved by the width rule instead of the fit
+            cfg["stages"] = {"proxies": LADDERS[variant.removesuffix("-fixed")](args, seed),
+                             "transfer": {"top_k": 1, "learning_rate": "width" if fixed else "fit"}}
             return cfg
         cfg["stages"] = {
             "proxy": {"model": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 192,
@@ -161,7 +165,8 @@ def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str
 
 def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> str:
     rows = ["| variant | FTE spent (seed " + ", ".join(map(str, args.seeds)) + ") | median FTE | regret per seed "
-            "| median regret | chosen configs | wall s |", "|---|---|---:|---|---:|---|---:|"]
+            "| median regret | mean regret | std | chosen configs | wall s |",
+            "|---|---|---:|---|---:|---:|---:|---|---:|"]
     cache = results["true_scores"]
     entries: list[tuple[str, str, str]] = [("direct", "after_5", "direct TPE, 5 trials"),
                                            ("direct", f"after_{args.direct_trials}",
@@ -170,7 +175,9 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
                                            ("proxy-none", "final", "proxy → target, LR carried over"),
                                            ("proxy-loss", "final", "proxy (eval_loss) → target, LR × width"),
                                            ("ladder-width", "final", "ladder by width, fitted LR → target"),
-                                           ("ladder-depth", "final", "ladder by depth, fitted LR → target")]
+                                           ("ladder-depth", "final", "ladder by depth, fitted LR → target"),
+                                           ("ladder-width-fixed", "final", "ladder by width, LR × width → target"),
+                                           ("ladder-depth-fixed", "final", "ladder by depth, LR carried → target")]
     for variant, point, label in entries:
         runs = [results["runs"].get(f"{variant}-s{s}") for s in args.seeds]
         if any(r is None for r in runs):
@@ -183,7 +190,8 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
                             for r in runs)
         wall = sum(r["seconds"] for r in runs) if point != "after_5" else float("nan")
         rows.append(f"| {label} | {', '.join(f'{f:.2f}' for f in ftes)} | {statistics.median(ftes):.2f} | "
-                    f"{', '.join(f'{g:+.4f}' for g in regrets)} | {statistics.median(regrets):+.4f} | {configs} | "
+                    f"{', '.join(f'{g:+.4f}' for g in regrets)} | {statistics.median(regrets):+.4f} | "
+                    f"{statistics.fmean(regrets):+.4f} | {statistics.pstdev(regrets):.4f} | {configs} | "
                     f"{'' if math.isnan(wall) else f'{wall:.0f}'} |")
     return "\n".join(rows)
 

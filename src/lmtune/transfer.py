@@ -17,7 +17,8 @@ A record is a mapping (or an object with attributes) with ``n_params``, ``n_toke
    informative. Each group gets its own offset on one shared bowl, so a trial whose schedule cost it 0.3 in loss
    does not bend the bowl (on a short run the schedule moves the loss as much as the rate does). Where the losses
    are not convex around the best, the best trial stands in, with an error of the spacing to its neighbours (or
-   the spread of the trials about as good). A rung needs 3 distinct values of a hyperparameter to place its
+   the spread of the trials about as good, or the whole range tried where the best is at its edge: the optimum
+   then lies beyond it). A rung needs 3 distinct values of a hyperparameter to place its
    optimum: the better of two does not say where the optimum lies.
 2. Across rungs, weighted least squares of ln(optimum) on (1, ln N, ln D) with weights 1/se^2; the parameter
    errors are scaled up by the reduced chi^2 when it exceeds 1 (the Birge ratio), so rungs that disagree more

@@ -311,7 +311,8 @@ def _carried(placed: list[tuple[ProxyStage, Study, Scale]]) -> tuple[int, str]:
     at least as many tokens reaches at least the loss of a smaller one at its optimum; a last rung whose best is
     worse than a smaller rung's did not find its optimum (its few trials, in a range narrowed around a
     prediction, missed it), so neither its trials nor a law leaning on them can be trusted: the best rung's
-    top-k moves on by the fixed rules instead."""
+    top-k moves on by the fixed rules instead. On very short rungs two widths can be level at their optima
+    (BENCHMARKS, B5 at 24 steps); the check then falls back on noise, to the fixed rules, which is safe."""
     *_, (_, last_study, last) = placed
     sign = -1.0 if records.maximizes(last_study.optuna) else 1.0
     best = [sign * top[0].value if (top := _top_k(study.optuna, 1)) else math.inf for _, study, _ in placed]

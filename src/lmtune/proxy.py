@@ -374,9 +374,8 @@ def _fitted(cfg: ExperimentConfig, placed: list[tuple[ProxyStage, Study, Scale]]
     at_last = (float(last.n_params), d_target * last.token_share)
     usable = rule.predict(*at_dest) if d_target else {}
     band = rule.band(*at_dest) if d_target else {}
-    unsure = rule.unsure(*at_dest, rules.max_uncertainty) if d_target else {}
-    if missed:
-        unsure = dict.fromkeys(usable, missed)
+    unsure = dict.fromkeys(usable, missed) if missed else \
+        rule.unsure(*at_dest, rules.max_uncertainty) if d_target else {}
     used = {h: v for h, v in usable.items() if h not in unsure}
     info = {"rule": rule.to_dict(), "target": {"n_params": at_dest[0], "n_tokens": at_dest[1]},
             "stages": [{"study": study.name, "n_params": float(s.n_params), "n_tokens": d_target * s.token_share}

@@ -43,13 +43,11 @@ MIN_LOG_SE = 0.02  # no rung's optimum is known better than 2 %: one lucky quadr
 COLLINEAR = 0.98  # |correlation| of ln N and ln D across rungs above which the two cannot be told apart
 
 
-def _get(record: Any, key: str) -> Any:
-    return record[key] if isinstance(record, Mapping) else getattr(record, key)
-
-
-def _get_or(record: Any, key: str) -> Any:
-    """An optional field, None where the record has none."""
-    return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+def _get(record: Any, key: str, *default: Any) -> Any:
+    """A record's field; with a default, an optional one."""
+    if isinstance(record, Mapping):
+        return record.get(key, *default) if default else record[key]
+    return getattr(record, key, *default)
 
 
 # ------------------------------------------------------------------------------------------------ one rung
@@ -139,14 +137,14 @@ def _quadratic_vertex(x: np.ndarray, loss: np.ndarray, best: int, group_ids: np.
     standard errors; None where the fit is not identified, not convex, or puts the vertex outside the trials it
     was fitted to."""
     n, d = x.shape
-    p = 1 + d + d * (d + 1) // 2 + len(np.unique(group_ids)) - 1
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
     z = (x - x[best]) / scale
-    m = min(n, max(2 * p, math.ceil(0.6 * n)))
+    # Enough of the nearest trials for twice the coefficients of every group's offset...
+    m = min(n, max(2 * (1 + d + d * (d + 1) // 2 + len(np.unique(group_ids)) - 1), math.ceil(0.6 * n)))
     near = np.argsort(np.linalg.norm(z, axis=1), kind="stable")[:m]
     phi, y = _features(z[near], group_ids[near], group_ids[best]), loss[near]
-    p = phi.shape[1]  # the groups among the nearest trials only
+    p = phi.shape[1]  # ...but only the groups among them get a column
     if m <= p:
         return None
     if np.linalg.matrix_rank(phi) < p:
@@ -308,6 +306,6 @@ def fit(records: Iterable[Any], hyperparameters: Iterable[str] = HYPERPARAMETERS
     optima = []
     for (n, d), group in sorted(groups.items(), key=lambda kv: kv[0][0] * kv[0][1]):
         hps = {h: np.array([float(_get(r, h)) for r in group]) for h in names}
-        labels = np.array([str(_get_or(r, "group")) for r in group])
+        labels = np.array([str(_get(r, "group", None)) for r in group])
         optima.append(rung_optimum(n, d, hps, np.array([float(_get(r, "loss")) for r in group]), labels))
     return Rule({h: fit_law(h, optima) for h in names}, optima)

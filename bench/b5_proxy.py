@@ -8,6 +8,11 @@ mean exact match over the oracle's seeds 42, 43, 44 (trained here, cached in the
 target full-training equivalents by training FLOPs (6 x parameters x tokens), so a proxy trial costs what its
 compute costs relative to one full target run.
 
+`--family smollm2` swaps the target for a real pretrained LLM: LoRA (r 16, all linear layers) on
+SmolLM2-135M-Instruct, B7's task (400 training rows, 48 validation rows, batch 8, `--steps` steps, cosine, warm-up
+10 %), eval_loss, the learning rate alone searched in [1e-4, 3e-2]; its oracle is the best true score over
+`--oracle-grid`, trained here. True scores use the training seeds `--oracle-seeds`.
+
 Variants (each with search seeds `--seeds`):
 - ``direct``: TPE (5 startup trials) on the target, `--direct-trials` trials; regret of the best trial after 5 and
   after all trials.
@@ -19,8 +24,9 @@ Variants (each with search seeds `--seeds`):
 - ``proxy-loss`` (not in the default list): like proxy-width, but the proxy optimises eval_loss.
 - ``ladder-width`` / ``ladder-depth`` (not in the default list): a ladder of proxies (`stages.proxies`) and the
   fitted transfer (`transfer.learning_rate: fit`), then the prediction alone re-run on the target (top_k 1, no
-  baseline): by width, 4 layers of hidden 16 / 32 / 64 (fresh inits); by depth, the target's first 1 / 2 layers;
-  rungs at `--width-steps` / `--depth-steps` of the steps. `--rung-metric` picks the rungs' objective.
+  baseline): by width, 4 layers of hidden 16 / 32 / 64 (fresh inits); by depth, `--depth-layers` of the target's
+  layers (`--depth-select`); rungs at `--width-steps` / `--depth-steps` of the steps. `--rung-metric` picks the
+  rungs' objective.
 - ``ladder-width-fixed`` / ``ladder-depth-fixed`` (not in the default list): the same ladders with the fixed width
   rule instead of the fit (each rung narrowed around, and the target given, the best rung's best learning rate x
   the width ratio, which is 1 for the depth ladder): the ablation of the fit.
@@ -54,6 +60,8 @@ def log(msg: str) -> None:
 
 
 def base(args: argparse.Namespace, name: str, db: Path) -> dict[str, Any]:
+    if args.family == "smollm2":
+        return smollm2_base(args, name, db)
     return {
         "study_name": name, "storage": f"sqlite:///{db}", "output_dir": str(args.workdir / "runs"),
         "model": {"name_or_path": "builtin:tiny"},
@@ -68,6 +76,30 @@ def base(args: argparse.Namespace, name: str, db: Path) -> dict[str, Any]:
                              "lr_scheduler_type": ["linear", "cosine", "constant_with_warmup"]}},
         "objective": {"metric": args.metric},
     }
+
+
+def smollm2_base(args: argparse.Namespace, name: str, db: Path) -> dict[str, Any]:
+    """The real-model family: LoRA on SmolLM2-135M-Instruct (B7's task, eval_loss on 48 validation rows), the
+    learning rate alone searched (the scheduler fixed to cosine)."""
+    return {
+        "study_name": name, "storage": f"sqlite:///{db}", "output_dir": str(args.workdir / "runs"),
+        "model": {"name_or_path": "builtin:smollm2-135m-instruct"},
+        "data": {"builtin": {"n_train": 400, "n_validation": 48, "n_test": 48, "seed": 0,
+                             "tasks": ["lookup", "parity"]}, "max_length": 64},
+        "train": {"use_lora": True, "lora_target_modules": "all-linear", "lora_r": 16, "lora_alpha": 32,
+                  "per_device_train_batch_size": 8, "per_device_eval_batch_size": 48, "max_steps": args.steps,
+                  "eval_steps": args.steps, "eval_max_samples": 1, "max_new_tokens": 3, "warmup_ratio": 0.1,
+                  "seed": 42, "learning_rate": 1e-3, "lr_scheduler_type": "cosine",
+                  "torch_num_threads": args.threads, "device": "cpu"},
+        "search": {"strategy": "tpe", "n_startup_trials": 5, "baseline": False, "n_trials": args.direct_trials,
+                   "space": {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}}},
+        "objective": {"metric": args.metric},
+    }
+
+
+def key(config: dict[str, Any]) -> str:
+    """A config's name in the true-score cache: its learning rate, and its scheduler where it was searched."""
+    return "|".join([f"{config['learning_rate']:.6g}", *filter(None, [config.get("lr_scheduler_type")])])
 
 
 def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -104,8 +136,8 @@ LADDERS = {
         {"hidden_size": h, "intermediate_size": 3 * h, "num_attention_heads": 2} for h in (16, 32, 64)],
         [int(n) for n in args.width_trials.split(",")], args.width_steps),
     "ladder-depth": lambda args, seed: _rungs(args, seed, "depth", [
-        {"num_hidden_layers": n} for n in (1, 2)], [int(n) for n in args.depth_trials.split(",")],
-        args.depth_steps),
+        {"num_hidden_layers": int(n), "layers": args.depth_select} for n in args.depth_layers.split(",")],
+        [int(n) for n in args.depth_trials.split(",")], args.depth_steps),
 }
 
 
@@ -146,21 +178,57 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
 
 
 def true_score(config: dict[str, Any], args: argparse.Namespace, cache: dict[str, Any]) -> float:
-    """Mean validation score (`--metric`) over the oracle's seeds, as the oracle was measured."""
+    """Mean validation score (`--metric`) over the seeds `--oracle-seeds`, as the oracle was measured; a seed the
+    cache lacks is trained and added (so more seeds can be added to a finished run)."""
     from lmtune.config import validate_config
     from lmtune.train.trainer import Trainer
 
-    key = f"{config['learning_rate']:.6g}|{config['lr_scheduler_type']}"
-    if key not in cache:
-        cfg = validate_config(base(args, "eval", args.workdir / "eval.db"))
-        scores = []
-        for s in SEEDS:
+    name = key(config)
+    entry = cache.setdefault(name, {})
+    if "seeds" in entry:  # the earlier form: a list over SEEDS
+        entry["by_seed"] = dict(zip(map(str, SEEDS), entry.pop("seeds"), strict=False))
+    by_seed = entry.setdefault("by_seed", {})
+    for s in args.oracle_seeds:
+        if str(s) not in by_seed:
+            cfg = validate_config(base(args, "eval", args.workdir / "eval.db"))
             train = cfg.train.with_params({**config, "seed": s})
-            scores.append(Trainer(cfg.model, cfg.data, train, objective_metric=args.metric,
-                                  maximize=METRICS[args.metric].maximize).setup().train().metrics[args.metric])
-        cache[key] = {"seeds": scores, "mean": statistics.fmean(scores)}
-        log(f"  true score {key}: {scores} -> {cache[key]['mean']:.4f}")
-    return cache[key]["mean"]
+            by_seed[str(s)] = Trainer(cfg.model, cfg.data, train, objective_metric=args.metric,
+                                      maximize=METRICS[args.metric].maximize).setup().train().metrics[args.metric]
+            log(f"  true score {name} seed {s}: {by_seed[str(s)]:.4f}")
+    entry["mean"] = statistics.fmean(by_seed[str(s)] for s in args.oracle_seeds)
+    return entry["mean"]
+
+
+def save(path: Path, results: dict[str, Any]) -> None:
+    """Write the results, first taking in what another process wrote to the same file since (runs and true
+    scores' seeds are only ever added), so processes sharing a workdir share the cache instead of clobbering it."""
+    if path.exists():
+        disk = json.loads(path.read_text())
+        results["runs"] = {**disk.get("runs", {}), **results["runs"]}
+        scores = results["true_scores"]
+        for name, entry in disk.get("true_scores", {}).items():
+            mine = scores.setdefault(name, entry)
+            if mine is not entry and "by_seed" in entry:  # seeds trained by either process
+                mine.setdefault("by_seed", {}).update({**entry["by_seed"], **mine["by_seed"]})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
+def oracle_of(args: argparse.Namespace, results: dict[str, Any], path: Path) -> float:
+    """B1's stored oracle for the built-in family; for SmolLM2, the best mean over `--oracle-grid`, trained here
+    with the same seeds and cache as every chosen config's true score."""
+    if args.family == "builtin":
+        oracle_file = ORACLE_FILE[args.metric]
+        data = json.loads((HERE / oracle_file).read_text())
+        if data["steps"] != args.steps:
+            sys.exit(f"bench/{oracle_file} was made for {data['steps']} steps; pass --steps {data['steps']}")
+        return data["oracle"]
+    scores = []
+    for lr in args.oracle_grid.split(","):
+        scores.append(true_score({"learning_rate": float(lr)}, args, results["true_scores"]))
+        save(path, results)
+    return (max if METRICS[args.metric].maximize else min)(scores)
 
 
 def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> str:
@@ -184,10 +252,9 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
             continue
         ftes = [r[point]["fte"] for r in runs]
         sign = 1 if METRICS[args.metric].maximize else -1  # regret > 0: worse than the oracle
-        regrets = [sign * oracle - sign * cache[f"{r[point]['config']['learning_rate']:.6g}|"
-                                  f"{r[point]['config']['lr_scheduler_type']}"]["mean"] for r in runs]
-        configs = "; ".join(f"{r[point]['config']['learning_rate']:.2g} {r[point]['config']['lr_scheduler_type']}"
-                            for r in runs)
+        regrets = [sign * oracle - sign * true_score(r[point]["config"], args, cache) for r in runs]
+        configs = "; ".join(f"{r[point]['config']['learning_rate']:.2g} "
+                            f"{r[point]['config'].get('lr_scheduler_type', '')}".strip() for r in runs)
         wall = sum(r["seconds"] for r in runs) if point != "after_5" else float("nan")
         rows.append(f"| {label} | {', '.join(f'{f:.2f}' for f in ftes)} | {statistics.median(ftes):.2f} | "
                     f"{', '.join(f'{g:+.4f}' for g in regrets)} | {statistics.median(regrets):+.4f} | "
@@ -207,38 +274,43 @@ def main() -> None:
     p.add_argument("--width-steps", type=float, default=0.4, help="steps_fraction of the width ladder's rungs")
     p.add_argument("--depth-steps", type=float, default=0.2, help="steps_fraction of the depth ladder's rungs")
     p.add_argument("--width-trials", default="10,6,3", help="trials of the width ladder's rungs (16, 32, 64)")
-    p.add_argument("--depth-trials", default="5,3", help="trials of the depth ladder's rungs (1, 2 layers)")
+    p.add_argument("--depth-trials", default="5,3", help="trials of the depth ladder's rungs")
+    p.add_argument("--depth-layers", default="1,2", help="layers of the depth ladder's rungs (the target's first N)")
+    p.add_argument("--depth-select", default="spread", choices=("spread", "first"),
+                   help="which of the target's layers the depth ladder keeps (runs before 2026-12-07: first)")
+    p.add_argument("--family", default="builtin", choices=("builtin", "smollm2"),
+                   help="the target: builtin:tiny (B1's task), or LoRA on SmolLM2-135M-Instruct (B7's task)")
+    p.add_argument("--oracle-grid", default="1e-4,2e-4,4e-4,8e-4,1.6e-3,3.2e-3,6.4e-3,1.28e-2,2.56e-2",
+                   help="smollm2: the learning rates whose best true score is the oracle")
+    p.add_argument("--oracle-seeds", default=",".join(map(str, SEEDS)), help="training seeds of every true score")
     p.add_argument("--metric", default="exact_match", choices=OBJECTIVES,
                    help="the target's objective, oracle and regret (eval_loss: B1's redesign, with --steps 60)")
     p.add_argument("--rung-metric", default=None, choices=OBJECTIVES, help="the rungs' objective (--metric)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lmtune-b5"))
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.oracle_seeds = [int(s) for s in args.oracle_seeds.split(",")]
     args.rung_metric = args.rung_metric or args.metric
     args.workdir.mkdir(parents=True, exist_ok=True)
     import torch
 
     torch.set_num_threads(args.threads)
-    oracle_file = ORACLE_FILE[args.metric]
-    oracle_data = json.loads((HERE / oracle_file).read_text())
-    if oracle_data["steps"] != args.steps:
-        sys.exit(f"bench/{oracle_file} was made for {oracle_data['steps']} steps; pass --steps {oracle_data['steps']}")
-    oracle = oracle_data["oracle"]
     path = args.workdir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}, "true_scores": {}}
     results["command"] = shlex.join([".venv/bin/python", "bench/b5_proxy.py", *sys.argv[1:]])
-    for variant in args.variants.split(","):
+    for variant in filter(None, args.variants.split(",")):
         for seed in args.seeds:
             name = f"{variant}-s{seed}"
             if name not in results["runs"]:
                 log(f"{name} ...")
                 results["runs"][name] = run_variant(variant, seed, args)
-                path.write_text(json.dumps(results, indent=1))
+                save(path, results)
             for point in results["runs"][name].values():
                 if isinstance(point, dict):
                     true_score(point["config"], args, results["true_scores"])
-                    path.write_text(json.dumps(results, indent=1))
-    print(f"oracle (B1, 3-seed mean {args.metric}): {oracle:.4f}")
+                    save(path, results)
+    oracle = oracle_of(args, results, path)
+    print(f"oracle ({args.family}, {len(args.oracle_seeds)}-seed mean {args.metric}): {oracle:.4f}")
     print(table(results, oracle, args))
 
 

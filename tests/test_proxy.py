@@ -111,16 +111,27 @@ def test_proxy_then_target_end_to_end(tmp_path, workers):
     assert len(again.trials) == 4 and len(load_study(cfg["storage"], "test-proxy").trials) == 3
 
 
-def test_layer_dropped_proxy_keeps_the_targets_weights(tmp_path):
+@pytest.mark.parametrize(("how", "kept"), [("spread", 1), ("first", 0)])
+def test_layer_dropped_proxy_keeps_the_targets_weights(tmp_path, how, kept):
     from lmtune.proxy import build_proxy_model
 
-    cfg = validate_config(small_config(tmp_path, stages={"proxy": {"model": {"num_hidden_layers": 1}}}))
+    cfg = validate_config(small_config(tmp_path, stages={"proxy": {"model": {"num_hidden_layers": 1,
+                                                                             "layers": how}}}))
     proxy = AutoModelForCausalLM.from_pretrained(build_proxy_model(cfg))
     target = AutoModelForCausalLM.from_pretrained(resolve_path(cfg.model))
     assert proxy.config.num_hidden_layers == 1 and target.config.num_hidden_layers == 2
     t_state = target.state_dict()
     for name, tensor in proxy.state_dict().items():
-        assert torch.equal(tensor, t_state[name]), name
+        assert torch.equal(tensor, t_state[name.replace(".layers.0.", f".layers.{kept}.")]), name
+
+
+def test_kept_layers_spread_from_the_first_to_the_last():
+    from lmtune.proxy import kept_layers
+
+    assert kept_layers(30, 4) == [0, 10, 19, 29]
+    assert kept_layers(30, 2) == [0, 29] and kept_layers(30, 1) == [29]
+    assert kept_layers(30, 4, "first") == [0, 1, 2, 3]
+    assert kept_layers(4, 9) == [0, 1, 2, 3]  # more than the target has: all of them
 
 
 def test_stages_config_errors(tmp_path):

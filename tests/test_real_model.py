@@ -211,16 +211,18 @@ def test_named_lora_modules_full_fine_tuning_and_bf16(smol_2layers, tmp_path):
     assert torch.isfinite(torch.tensor(bf16.train().metrics["eval_loss"]))
 
 
-def test_proxy_keeps_the_first_layers_with_their_weights(smol_dir, tmp_path):
+def test_proxy_keeps_spread_layers_with_their_weights(smol_dir, tmp_path):
     from lmtune.proxy import build_proxy_model
 
     cfg = validate_config({"study_name": "p", "output_dir": str(tmp_path), "model": {"name_or_path": SMOL},
                            "stages": {"proxy": {"model": {"num_hidden_layers": 3}}}})
     proxy = AutoModelForCausalLM.from_pretrained(build_proxy_model(cfg), dtype=torch.float32)
-    full = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32)
+    full = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).state_dict()
     assert proxy.config.num_hidden_layers == 3 and len(proxy.model.layers) == 3
-    for name, value in proxy.state_dict().items():
-        assert torch.equal(value, full.state_dict()[name]), name
+    for name, value in proxy.state_dict().items():  # layers 0, 1, 2 are the target's 0, 14, 29
+        source = name.replace(".layers.1.", ".layers.14.").replace(".layers.2.", ".layers.29.")
+        assert torch.equal(value, full[source]), name
+    assert not any(".layers.3." in name for name in proxy.state_dict())
 
 
 def _parts(cfg: Any) -> tuple[Any, Any, Any]:

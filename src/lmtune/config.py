@@ -537,14 +537,17 @@ class ProxyModelConfig(_Strict):
     """How the proxy model differs from the target; any combination. Unset fields keep the target's value."""
 
     name_or_path: str | None = Field(None, description="a smaller model of the same family, used as it is")
-    num_hidden_layers: int | None = Field(None, ge=1, description="keep the first N layers (weights kept)")
+    num_hidden_layers: int | None = Field(None, ge=1, description="keep N of the target's layers (weights kept)")
+    layers: Literal["spread", "first"] = Field(
+        "spread", description="which N layers: spread = evenly spaced, always the first and the last (a "
+        "pretrained head keeps reading last-layer features); first = the first N")
     hidden_size: int | None = Field(None, ge=8, description="narrower model: a new random init")
     intermediate_size: int | None = Field(None, ge=8)
     num_attention_heads: int | None = Field(None, ge=1)
     num_key_value_heads: int | None = Field(None, ge=1)
 
     def shrinks(self) -> dict[str, int]:
-        return {k: v for k, v in self.model_dump().items() if k != "name_or_path" and v is not None}
+        return {k: v for k, v in self.model_dump().items() if k not in ("name_or_path", "layers") and v is not None}
 
 
 class ProxyStageConfig(_Strict):

@@ -19,7 +19,7 @@ from lmtune.errors import ModelLoadError, TrainArgumentError
 from lmtune.train.gguf import dequantized
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer|block)\.(\d+)\.")
+LAYER_KEY = re.compile(r"\.(?:layers|h|blocks|layer|block)\.(\d+)\.")  # a transformer block's index
 _EMBEDDING = re.compile(r"embed|wte|wpe|shared")
 
 
@@ -153,13 +153,13 @@ def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict[st
     the last layer (final norm, head) the full lr: lower layers hold more general features and move less.
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    layer_ids = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
+    layer_ids = [int(m.group(1)) for n in names if (m := LAYER_KEY.search(n))]
     n_layers = max(layer_ids) + 1 if layer_ids else 0
     groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        m = _LAYER.search(name)
+        m = LAYER_KEY.search(name)
         if m:
             depth = n_layers - int(m.group(1))
         elif _EMBEDDING.search(name):

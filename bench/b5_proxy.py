@@ -27,6 +27,8 @@ Variants (each with search seeds `--seeds`):
   baseline): by width, 4 layers of hidden 16 / 32 / 64 (fresh inits); by depth, `--depth-layers` of the target's
   layers (`--depth-select`); rungs at `--width-steps` / `--depth-steps` of the steps. `--rung-metric` picks the
   rungs' objective.
+- ``ladder-steps`` / ``ladder-steps-fixed`` (not in the default list): one proxy model (`--steps-layers` of the
+  target's layers) at the run lengths `--steps-fractions`, so the law is fitted in the training tokens D.
 - ``ladder-width-fixed`` / ``ladder-depth-fixed`` (not in the default list): the same ladders with the fixed width
   rule instead of the fit (each rung narrowed around, and the target given, the best rung's best learning rate x
   the width ratio, which is 1 for the depth ladder): the ablation of the fit.
@@ -124,20 +126,27 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> dict[st
     return cfg
 
 
-def _rungs(args: argparse.Namespace, seed: int, name: str, models: list[dict[str, int]],
-           trials: list[int], steps: float) -> list[dict[str, Any]]:
-    return [{"model": m, "steps_fraction": steps, "n_trials": n, "metric": args.rung_metric,
+def _rungs(args: argparse.Namespace, seed: int, name: str, models: list[dict[str, Any]],
+           trials: str, steps: str) -> list[dict[str, Any]]:
+    """One rung per model, with its trial count and steps fraction from comma lists (one steps value: all)."""
+    counts = [int(n) for n in trials.split(",")]
+    fractions = [float(f) for f in steps.split(",")] * (len(models) if "," not in steps else 1)
+    return [{"model": m, "steps_fraction": f, "n_trials": n, "metric": args.rung_metric,
              "study_name": f"b5-{name}-{args.rung_metric}-{k}-s{seed}", **({"narrow": 3.0} if k else {})}
-            for k, (m, n) in enumerate(zip(models, trials, strict=True))]
+            for k, (m, n, f) in enumerate(zip(models, counts, fractions, strict=True))]
 
 
 LADDERS = {
     "ladder-width": lambda args, seed: _rungs(args, seed, "width", [
         {"hidden_size": h, "intermediate_size": 3 * h, "num_attention_heads": 2} for h in (16, 32, 64)],
-        [int(n) for n in args.width_trials.split(",")], args.width_steps),
+        args.width_trials, args.width_steps),
     "ladder-depth": lambda args, seed: _rungs(args, seed, "depth", [
         {"num_hidden_layers": int(n), "layers": args.depth_select} for n in args.depth_layers.split(",")],
-        [int(n) for n in args.depth_trials.split(",")], args.depth_steps),
+        args.depth_trials, args.depth_steps),
+    # one proxy model at growing run lengths: the law sees the training tokens D, which the other ladders hold fixed
+    "ladder-steps": lambda args, seed: _rungs(args, seed, "steps", [
+        {"num_hidden_layers": args.steps_layers}] * len(args.steps_fractions.split(",")),
+        args.steps_trials, args.steps_fractions),
 }
 
 
@@ -245,7 +254,9 @@ def table(results: dict[str, Any], oracle: float, args: argparse.Namespace) -> s
                                            ("ladder-width", "final", "ladder by width, fitted LR → target"),
                                            ("ladder-depth", "final", "ladder by depth, fitted LR → target"),
                                            ("ladder-width-fixed", "final", "ladder by width, LR × width → target"),
-                                           ("ladder-depth-fixed", "final", "ladder by depth, LR carried → target")]
+                                           ("ladder-depth-fixed", "final", "ladder by depth, LR carried → target"),
+                                           ("ladder-steps", "final", "ladder by run length, fitted LR → target"),
+                                           ("ladder-steps-fixed", "final", "ladder by run length, LR carried → target")]
     for variant, point, label in entries:
         runs = [results["runs"].get(f"{variant}-s{s}") for s in args.seeds]
         if any(r is None for r in runs):
@@ -271,8 +282,11 @@ def main() -> None:
     p.add_argument("--direct-trials", type=int, default=8)
     p.add_argument("--proxy-trials", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--width-steps", type=float, default=0.4, help="steps_fraction of the width ladder's rungs")
-    p.add_argument("--depth-steps", type=float, default=0.2, help="steps_fraction of the depth ladder's rungs")
+    p.add_argument("--width-steps", default="0.4", help="steps_fraction of the width ladder's rungs (or one each)")
+    p.add_argument("--depth-steps", default="0.2", help="steps_fraction of the depth ladder's rungs (or one each)")
+    p.add_argument("--steps-layers", type=int, default=4, help="the steps ladder's proxy: this many layers")
+    p.add_argument("--steps-fractions", default="0.25,0.5", help="the steps ladder's rungs: their steps_fraction")
+    p.add_argument("--steps-trials", default="6,4", help="trials of the steps ladder's rungs")
     p.add_argument("--width-trials", default="10,6,3", help="trials of the width ladder's rungs (16, 32, 64)")
     p.add_argument("--depth-trials", default="5,3", help="trials of the depth ladder's rungs")
     p.add_argument("--depth-layers", default="1,2", help="layers of the depth ladder's rungs (the target's first N)")

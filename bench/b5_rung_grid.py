@@ -30,7 +30,8 @@ def main() -> None:
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     ns = argparse.Namespace(family="builtin", workdir=args.workdir, steps=60, metric="eval_loss",
-                            rung_metric="eval_loss", threads=1, direct_trials=8, width_trials="10,6,3", width_steps=0.4)
+                            rung_metric="eval_loss", threads=1, direct_trials=8, width_trials="10,6,3",
+                            width_steps="0.4")
     cfg = validate_config(b5_proxy.variant_config("ladder-width", 0, ns))
     rungs = plan_rungs(cfg)
     grid = args.grid.split(",")

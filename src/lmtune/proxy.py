@@ -59,8 +59,9 @@ def build_proxy_model(cfg: ExperimentConfig, rung: ProxyStageConfig | None = Non
     source_cfg = cfg.model.model_copy(update={"name_or_path": source} if source == cfg.model.name_or_path else
                                       {"name_or_path": source, "gguf_file": None})
     shrink = rung.model.shrinks()
+    layers_only = set(shrink) == {"num_hidden_layers"}  # the target's own weights, so which layers matters
     out = run_dir(cfg) / ("proxy-model-" + "-".join(f"{k}{v}" for k, v in sorted(shrink.items()))
-                          + (f"-{rung.model.layers}" if set(shrink) == {"num_hidden_layers"} else ""))
+                          + (f"-{rung.model.layers}" if layers_only else ""))
     if not shrink:
         return Path(source) if Path(source).exists() and not source_cfg.gguf_file else Path(resolve_path(
             source_cfg))
@@ -69,7 +70,7 @@ def build_proxy_model(cfg: ExperimentConfig, rung: ProxyStageConfig | None = Non
         return out
     trust = cfg.model.trust_remote_code
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-    if set(shrink) <= {"num_hidden_layers"}:
+    if layers_only:
         keep = kept_layers(config.num_hidden_layers, shrink["num_hidden_layers"], rung.model.layers)
         full = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, dtype=torch.float32)
         model = AutoModelForCausalLM.from_config(_kept_config(config, keep), trust_remote_code=trust,

@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lmtune.config import validate_config
 from lmtune.errors import DivergedError, LmtuneError, ModelLoadError
-from lmtune.train.model import load_model, parameter_groups
+from lmtune.train.data import IGNORE
+from lmtune.train.model import flop_weights, load_model, parameter_groups
 from lmtune.train.trainer import Trainer
 
 
@@ -32,6 +33,30 @@ def test_training_lowers_validation_loss_and_reports_every_metric(tmp_path):
     assert r.metrics["trainable_params"] == t.n_trainable and r.metrics["peak_memory_bytes"] > 0
     assert r.metrics["perplexity"] == pytest.approx(math.exp(r.metrics["eval_loss"]))
     assert 0 <= r.metrics["exact_match"] <= 1 and r.tokens > 0
+
+
+def test_flops_count_the_head_only_where_logits_are_scored(tmp_path):
+    """The tied embedding is looked up (no FLOPs) and the head runs only at answer positions, so a run costs
+    less than 6 x all parameters x tokens and more than the per-token weights alone."""
+    t = make_trainer(tmp_path, max_steps=3, eval_steps=3)
+    table = t.model.get_input_embeddings().weight
+    assert t.model.get_output_embeddings().weight is table  # the built-in model ties them
+    assert t.flop_weights.per_token == t.n_params - table.numel() and t.flop_weights.head == table.numel()
+    scored = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in itertools.islice(make_trainer(
+        tmp_path, max_steps=3, eval_steps=3)._batches, 3))
+    r = t.train()
+    assert 0 < scored < r.tokens
+    assert r.flops == pytest.approx(6 * (t.flop_weights.per_token * r.tokens + t.flop_weights.head * scored))
+    assert 6 * t.flop_weights.per_token * r.tokens < r.flops < 6 * t.n_params * r.tokens
+
+
+def test_flops_count_an_untied_head_and_not_the_embedding():
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        tie_word_embeddings=False))
+    weights = flop_weights(model)
+    assert weights.head == 100 * 16
+    assert weights.per_token == sum(p.numel() for p in model.parameters()) - 2 * 100 * 16
 
 
 @pytest.mark.parametrize(("optim", "scheduler"), [

@@ -8,8 +8,8 @@ fewer steps), and stage 2 moves its top-k configs to the target through declared
 a narrowed local search around the best one. Both stages are ordinary studies on the same storage
 (`<study_name>-proxy` and `<study_name>`), so they resume and report like any other.
 
-Cost is compared in training compute (6 x parameters x tokens): a proxy trial's cost in target full-training
-equivalents is its FLOPs over those of one full target run.
+Cost is compared in training compute (`lmtune.train.model.FlopWeights`): a proxy trial's cost in target
+full-training equivalents is its FLOPs over those of one full target run.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from lmtune.train.model import (
     check_model,
     count_parameters,
     dropout_keys,
+    flop_weights,
     load_model,
     load_tokenizer,
     parameter_groups,
@@ -99,7 +100,7 @@ class TrainResult:
     steps: int = 0
     planned_steps: int = 0
     tokens: int = 0
-    flops: float = 0.0  # 6 x parameters x tokens: the usual training-compute estimate, comparable across models
+    flops: float = 0.0  # training compute as `lmtune.train.model.FlopWeights` counts it, comparable across models
     train_seconds: float = 0.0
     wall_seconds: float = 0.0
     stop_reason: str | None = None  # "early_stopping" | "report" | None for a full run
@@ -184,6 +185,7 @@ class Trainer:
     def _setup_model(self) -> None:
         self.model = load_model(self.model_cfg, self.cfg).to(self.device)
         self.n_params, self.n_trainable = count_parameters(self.model)
+        self.flop_weights = flop_weights(self.model)
         self.selects_logits = selects_logits(self.model)
 
     def _setup_steps(self) -> None:
@@ -241,12 +243,13 @@ class Trainer:
             self.step += 1
             step = self.step
             t0 = time.perf_counter()
-            loss, tokens = self._optimizer_step([next(self._batches) for _ in range(cfg.gradient_accumulation_steps)])
+            micro_batches = [next(self._batches) for _ in range(cfg.gradient_accumulation_steps)]
+            loss, tokens, scored = self._optimizer_step(micro_batches)
             if not math.isfinite(loss):
                 raise DivergedError(f"diverged: training loss is {loss} at step {step}")
             result.train_seconds += time.perf_counter() - t0
             result.tokens += tokens
-            result.flops += 6.0 * self.n_params * tokens
+            result.flops += self.flop_weights.flops(tokens, scored)
             result.steps = step
             self._loss_sum_since_eval += loss
             self._steps_since_eval += 1
@@ -296,8 +299,10 @@ class Trainer:
                 self.micro_batches_seen += 1
                 yield collate([data[j] for j in order[i:i + bs]], self.tokenizer.pad_token_id)
 
-    def _optimizer_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
-        """One update over the accumulated micro-batches; the loss is averaged over all their answer tokens."""
+    def _optimizer_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, int, int]:
+        """One update over the accumulated micro-batches; the loss is averaged over all their answer tokens.
+        Returns the loss, the input tokens, and the positions that got logits (the answer positions, or all
+        tokens when the model cannot skip the others)."""
         cfg = self.cfg
         n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
         total_loss, tokens = 0.0, 0
@@ -320,7 +325,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, tokens
+        return total_loss, tokens, n_targets if self.selects_logits else tokens
 
     def _loss_sum(self, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
         """Summed cross-entropy over the answer tokens. Logits at position t predict token t+1, and only the

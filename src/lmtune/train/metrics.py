@@ -79,8 +79,8 @@ register(Metric("train_loss", maximize=False))
 register(Metric("train_seconds", maximize=False, plotted=False, cost=True))
 register(Metric("elapsed_seconds", maximize=False, plotted=False))
 # Cost as objectives and constraints. `fte` is the trial's share of its own planned run (1 unless cut short);
-# `flops` is training compute as `lmtune.train.model.FlopWeights` counts it; `peak_memory_bytes` is CUDA's max allocated, or on CPU the
-# process's peak resident memory (`lmtune.train.memory`).
+# `flops` is training compute as `lmtune.train.model.FlopWeights` counts it; `peak_memory_bytes` is CUDA's max
+# allocated, or on CPU the process's peak resident memory (`lmtune.train.memory`).
 register(Metric("fte", maximize=False, plotted=False, cost=True))
 register(Metric("flops", maximize=False, plotted=False, cost=True, label="training FLOPs"))
 register(Metric("trainable_params", maximize=False, plotted=False, cost=True))

@@ -148,11 +148,19 @@ def _perturb(dist: BaseDistribution, centre: Any, width: float, rng: np.random.G
 
 
 def _uniform(dist: BaseDistribution, rng: np.random.Generator) -> Any:
-    if isinstance(dist, CategoricalDistribution):
+    if isinstance(dist, CategoricalDistribution):  # the draw benchmarks were run with
         return dist.choices[int(rng.integers(len(dist.choices)))]
+    return from_unit(dist, rng.random())
+
+
+def from_unit(dist: BaseDistribution, u: float) -> Any:
+    """The value at `u` in [0, 1) of the distribution's range (its log for a log dimension; a categorical's
+    choices are equal slices)."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
     assert isinstance(dist, FloatDistribution | IntDistribution)
     lo, hi = (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
-    x = lo + rng.random() * (hi - lo)
+    x = lo + u * (hi - lo)
     return _snap(dist, math.exp(x) if dist.log else x)
 
 

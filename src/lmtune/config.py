@@ -33,8 +33,8 @@ StrategyName = Literal[SamplerName, CombinedName]
 COMBINED: dict[str, tuple[str, str]] = {"auto": ("auto", "extrapolate"), "bohb": ("tpe", "hyperband"),
                                         "asha": ("random", "asha"), "hyperband": ("random", "hyperband"),
                                         "pbt": ("random", "none")}
-# The samplers whose first trials are independent uniform draws, which `search.startup: sobol` replaces.
-SOBOL_STRATEGIES = ("random", "tpe", "gp")
+# The samplers whose first trials are independent uniform draws, which `search.startup: lhs` replaces.
+STRATIFIED_STRATEGIES = ("random", "tpe", "gp")
 # The strategy of a multi-objective study that names none: expected hypervolume improvement (B8, BENCHMARKS.md).
 MULTI_OBJECTIVE_STRATEGY = "gp"
 # A study name is also a folder (<output_dir>/<study_name>): no path separators, no leading dot.
@@ -357,15 +357,15 @@ class SearchConfig(_Strict):
     allow_changed_config: bool = Field(False, description="resume a study although what makes its trials "
                                        "comparable (model, data, fixed training arguments, objective) changed")
     n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
-    startup: Literal["random", "sobol"] = Field("random", description="how the startup trials are drawn: "
-                                                "independently, or from a scrambled Sobol sequence so that a few "
-                                                "of them span the space (a ladder rung's default)")
+    startup: Literal["random", "lhs"] = Field("random", description="how the startup trials are drawn: "
+                                              "independently, or as a Latin hypercube so that a few of them span "
+                                              "the space (a ladder rung's default)")
     oom_retries: int = Field(2, ge=0, description="retries of an out-of-memory trial, each with half the "
                              "micro-batch and twice the gradient accumulation")
 
-    def sobol_startup_fits(self) -> bool:
-        """Whether the first trials are independent uniform draws, which a Sobol sequence can replace."""
-        return resolve(self.strategy, self.pruner)[0] in SOBOL_STRATEGIES and not self.warm_start
+    def stratified_startup_fits(self) -> bool:
+        """Whether the first trials are independent uniform draws, which a Latin hypercube can replace."""
+        return resolve(self.strategy, self.pruner)[0] in STRATIFIED_STRATEGIES and not self.warm_start
 
     @field_validator("prune_on")
     @classmethod
@@ -408,9 +408,9 @@ class SearchConfig(_Strict):
                              "auto or pruner extrapolate, or remove prune_on")
         if self.warm_start and self.strategy not in ("tpe", "auto"):
             raise ValueError("search.warm_start: only strategies tpe and auto learn from past studies")
-        if self.startup == "sobol" and not self.sobol_startup_fits():
-            raise ValueError(f"search.startup: sobol replaces the independent first draws of strategies "
-                             f"{', '.join(SOBOL_STRATEGIES)} (with any pruner), and {self.strategy!r}"
+        if self.startup == "lhs" and not self.stratified_startup_fits():
+            raise ValueError(f"search.startup: lhs replaces the independent first draws of strategies "
+                             f"{', '.join(STRATIFIED_STRATEGIES)} (with any pruner), and {self.strategy!r}"
                              f"{' with warm_start' if self.warm_start else ''} draws them otherwise; use startup "
                              "random")
         if self.strategy == "pbt" and self.pruner not in (None, "none"):

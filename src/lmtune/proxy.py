@@ -153,9 +153,9 @@ def proxy_config(cfg: ExperimentConfig, proxy_model: Path, n_train: int, rung: P
              if name in ("max_steps", "num_train_epochs") else spec for name, spec in cfg.search.space.items()}
     search = cfg.search.model_copy(update={"n_trials": p.n_trials or cfg.search.n_trials, "space": space})
     if _stages(cfg).proxies is not None and "startup" not in cfg.search.model_fields_set \
-            and search.sobol_startup_fits():
+            and search.stratified_startup_fits():
         # A rung has a few trials, often all of them startup draws: spread them (B5 on SmolLM2, BENCHMARKS.md).
-        search = search.model_copy(update={"startup": "sobol"})
+        search = search.model_copy(update={"startup": "lhs"})
     objective = ObjectiveConfig(metric=p.metric) if p.metric else cfg.objective
     return cfg.model_copy(update={
         "study_name": study_name or p.study_name or f"{cfg.study_name}-proxy", "model": cfg.model.model_copy(update={

@@ -189,6 +189,7 @@ class Study:
                  max_resource: int | None = None, heartbeat_interval: int = 30, grace_period: int = 120,
                  worker: int = 0, prune_on: str | None = None, prune_direction: str | None = None,
                  warm_start: Sequence[str | Mapping[str, str]] = (), startup: str = "random",
+                 sampled_trials: int | None = None,
                  objectives: Sequence[tuple[str, str]] | None = None, constraints: Sequence[str] = ()):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune reports trials itself
         self.space = space if isinstance(space, SearchSpace) else SearchSpace(space or {})
@@ -215,7 +216,8 @@ class Study:
                 seed = (seed * 1_000_003 + resumed) % 2**31
         sampler = create_sampler(sampler_name, self.space, seed, n_startup_trials, max_resource,
                                  prior=self.space.clip_to_space(self.baseline) if self.baseline else None,
-                                 warm_start=parse_sources(warm_start), startup=startup)
+                                 warm_start=parse_sources(warm_start), startup=startup,
+                                 sampled_trials=sampled_trials)
         directions = [d for _, d in self.objectives]
         if study_name in existing:
             was = [d.name.lower() for d in existing[study_name].directions]
@@ -444,7 +446,8 @@ def open_study(cfg: ExperimentConfig, worker: int = 0) -> Study:
         baseline=cfg.train.model_dump() if sc.baseline else None,
         pruner=sc.pruner, min_resource=sc.min_resource, reduction_factor=sc.reduction_factor,
         warm_start=[w if isinstance(w, str) else w.model_dump() for w in sc.warm_start],
-        startup=sc.startup, prune_on=sc.prune_on, prune_direction=None if sc.prune_on is None
+        startup=sc.startup, sampled_trials=sc.n_trials - int(sc.baseline) if sc.n_trials else None,
+        prune_on=sc.prune_on, prune_direction=None if sc.prune_on is None
         else "maximize" if METRICS[sc.prune_on].maximize else "minimize",
     )
 

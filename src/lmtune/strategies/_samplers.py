@@ -7,20 +7,20 @@ from typing import Any, get_args
 import optuna
 from optuna.trial import TrialState
 
-from lmtune.config import SOBOL_STRATEGIES, SamplerName
+from lmtune.config import STRATIFIED_STRATEGIES, SamplerName
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
 from lmtune.strategies._model_choice import GP_PAST_TRIALS, ModelChoice, gp_fits
 from lmtune.strategies._prior import PriorSampler
-from lmtune.strategies._sobol_start import SobolStart
+from lmtune.strategies._stratified_start import StratifiedStart
 from lmtune.strategies._warm_start import PastStudies, Source, WarmStartSampler
 
 STRATEGIES: tuple[str, ...] = get_args(SamplerName)
 _ABSENT = object()
 AUTO_RANDOM_FRACTION = 0.0  # share of uniformly random trials in auto (B2, BENCHMARKS.md)
 NSGA2_POPULATION = 5  # nsga2's generation size when n_startup_trials is 0
-SOBOL_RANDOM_POINTS = 1024  # random search with startup sobol: the sequence's length, then uniform draws
+STRATIFIED_RANDOM_POINTS = 1024  # random search with startup lhs and no trial count: the design's size
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -65,7 +65,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
                    n_startup_trials: int | None = None, max_resource: int | None = None,
                    prior: Mapping[str, Any] | None = None, warm_start: Sequence[Source] = (),
-                   startup: str = "random") -> optuna.samplers.BaseSampler:
+                   startup: str = "random", sampled_trials: int | None = None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for `strategy`.
 
     - ``grid``: :class:`optuna.samplers.GridSampler` over every categorical choice, declared ``values`` and
@@ -85,8 +85,9 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
       around it and around the incumbent (`PriorSampler`, PriorBand-style), fewer as trials accumulate or if the
       baseline's region disappoints.
 
-    With `startup="sobol"` (``random``, ``tpe`` and ``gp``), the startup trials (the first 1,024 of ``random``)
-    take the points of a scrambled Sobol sequence (`SobolStart`), so that a few of them span the space.
+    With `startup="lhs"` (``random``, ``tpe`` and ``gp``), the startup trials (every trial of ``random``) take
+    the points of a Latin hypercube (`StratifiedStart`), so that a few of them span the space. `sampled_trials`
+    (the study's trials that are not enqueued, if known) caps its size.
 
     With `warm_start` sources, ``tpe`` and ``auto`` also model the finished trials of those past studies
     (`WarmStartSampler`), which stay in their own studies; ``auto``'s GP sees 50 of them at most, spread over
@@ -104,14 +105,15 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
     if warm_start and strategy not in ("tpe", "auto"):
         raise ConfigError(f"search.warm_start needs strategy tpe or auto, not {strategy!r}")
     startup_trials = 5 if n_startup_trials is None else n_startup_trials  # B2 LCBench sweep, BENCHMARKS.md
-    if startup == "sobol":
-        if strategy not in SOBOL_STRATEGIES or warm_start:
-            raise ConfigError(f"search.startup sobol needs strategy {' or '.join(SOBOL_STRATEGIES)} without "
+    if startup == "lhs":
+        if strategy not in STRATIFIED_STRATEGIES or warm_start:
+            raise ConfigError(f"search.startup lhs needs strategy {' or '.join(STRATIFIED_STRATEGIES)} without "
                               f"warm_start (here: {strategy!r}{', warm_start' if warm_start else ''}); "
                               "or use startup random")
         inner = create_sampler(strategy, space, seed, n_startup_trials, max_resource, prior)
-        return SobolStart(inner, space.order, SOBOL_RANDOM_POINTS if strategy == "random" else startup_trials,
-                          seed=seed)
+        points = (sampled_trials or STRATIFIED_RANDOM_POINTS) if strategy == "random" else \
+            min(startup_trials, sampled_trials or startup_trials)
+        return StratifiedStart(inner, space.order, points, seed=seed)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():

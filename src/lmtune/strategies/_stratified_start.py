@@ -1,16 +1,16 @@
-"""Startup trials from a scrambled Sobol sequence instead of independent uniform draws.
+"""Startup trials from a Latin hypercube instead of independent uniform draws.
 
 A model-based sampler starts from a few random trials, and a ladder rung may have no more than those. With 3 or 4
 uniform draws of a log learning rate over 2.5 decades, whole decades often go untried (B5 on SmolLM2,
-BENCHMARKS.md: a 4-trial rung drew 1.3e-4, 6.6e-4, 1.1e-2 and 1.6e-2 and never saw the good band between). The
-first 2^k points of a scrambled Sobol sequence put one point in each of 2^k equal slices of every dimension
-(Owen 1998; Joe and Kuo 2008), still at random within them, so a handful of trials spans the space.
+BENCHMARKS.md: a 4-trial rung drew 1.3e-4, 6.6e-4, 1.1e-2 and 1.6e-2 and never saw the good band between). A
+Latin hypercube of n points (McKay, Beckman and Conover 1979) puts one point in each of n equal slices of every
+dimension, at random within it and paired at random across dimensions, for any n. (The first 2^k points of a
+scrambled Sobol sequence do the same for powers of two only: 3 of its 4 points leave a quarter empty, which
+lost 2 of 8 SmolLM2 ladders.)
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,25 +23,22 @@ from lmtune.strategies._prior import from_unit
 from lmtune.strategies._wrapping import WrappingSampler
 
 
-class SobolStart(WrappingSampler):
-    """The first `n` sampled trials take their values from a scrambled Sobol sequence over `names` (one dimension
-    per parameter, in the unit interval of its distribution, log for log ones); later trials are `inner`'s.
-    Enqueued trials (the baseline) do not use up a point, so the points stay balanced.
+class StratifiedStart(WrappingSampler):
+    """The first `n` sampled trials take the points of an n-point Latin hypercube over `names` (one dimension per
+    parameter, in the unit interval of its distribution, log for log ones); later trials are `inner`'s.
+    Enqueued trials (the baseline) do not use up a point.
 
     Example::
 
-        sampler = SobolStart(optuna.samplers.TPESampler(n_startup_trials=4), ["learning_rate"], n=4, seed=0)
+        sampler = StratifiedStart(optuna.samplers.TPESampler(n_startup_trials=4), ["learning_rate"], n=4, seed=0)
     """
 
     def __init__(self, inner: optuna.samplers.BaseSampler, names: Sequence[str], n: int, seed: int | None = None):
         self.inner, self.names, self.n = inner, list(names), n
-        with warnings.catch_warnings():  # scipy warns when the dimension count exceeds what it balances best
-            warnings.simplefilter("ignore")
-            sobol = qmc.Sobol(d=max(1, len(self.names)), scramble=True, seed=seed)
-            self._points = sobol.random_base2(max(0, math.ceil(math.log2(max(n, 1)))))
+        self._points = qmc.LatinHypercube(d=max(1, len(self.names)), seed=seed).random(max(1, n))
 
     def _point(self, study: optuna.Study, trial: FrozenTrial) -> Sequence[float] | None:
-        """This trial's Sobol point: the k-th, k counting the earlier trials that were sampled, not enqueued."""
+        """This trial's point: the k-th, k counting the earlier trials that were sampled, not enqueued."""
         if "fixed_params" in trial.system_attrs:
             return None
         k = sum(1 for t in study.get_trials(deepcopy=False)

@@ -60,8 +60,8 @@ def test_a_candidate_that_diverges_on_one_seed_is_left_out_not_fatal(tmp_path, m
     step = Trainer._optimizer_step
 
     def nan_for_seed_1(self, micro_batches):
-        loss, tokens = step(self, micro_batches)
-        return (float("nan") if self.cfg.seed == 1 and self.cfg.learning_rate == 1e-2 else loss), tokens
+        loss, tokens, scored = step(self, micro_batches)
+        return (float("nan") if self.cfg.seed == 1 and self.cfg.learning_rate == 1e-2 else loss), tokens, scored
 
     monkeypatch.setattr(Trainer, "_optimizer_step", nan_for_seed_1)
     cfg = small_config(tmp_path, select={"top_k": 1, "seeds": [0, 1]}, train={"learning_rate": 1e-3},
@@ -80,7 +80,7 @@ def test_a_candidate_that_diverges_on_one_seed_is_left_out_not_fatal(tmp_path, m
     assert any(f"the search winner (trial {tuned.number}) is not the robust winner" in f for f in sel["flags"])
     assert tune(cfg).optuna.user_attrs["selection"] == sel
 
-    monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, mb: (float("nan"), 0))
+    monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, mb: (float("nan"), 0, 0))
     with pytest.raises(LmtuneError, match="every candidate of the selection phase failed"):
         run_selection(validate_config({**cfg, "select": {"top_k": 1, "seeds": [2]}}), study.optuna)
     assert study.optuna.user_attrs["selection"] == sel  # the stored selection is not touched

@@ -35,6 +35,13 @@ COMBINED: dict[str, tuple[str, str]] = {"auto": ("auto", "extrapolate"), "bohb":
                                         "pbt": ("random", "none")}
 # The samplers whose first trials are independent uniform draws, which `search.startup: lhs` replaces.
 STRATIFIED_STRATEGIES = ("random", "tpe", "gp")
+
+
+def stratified_startup_fits(sampler: str, warm_start: bool) -> bool:
+    """Whether a sampler's first trials are independent uniform draws (past studies shape them otherwise), which
+    a Latin hypercube can replace."""
+    return sampler in STRATIFIED_STRATEGIES and not warm_start
+
 # The strategy of a multi-objective study that names none: expected hypervolume improvement (B8, BENCHMARKS.md).
 MULTI_OBJECTIVE_STRATEGY = "gp"
 # A study name is also a folder (<output_dir>/<study_name>): no path separators, no leading dot.
@@ -365,7 +372,7 @@ class SearchConfig(_Strict):
 
     def stratified_startup_fits(self) -> bool:
         """Whether the first trials are independent uniform draws, which a Latin hypercube can replace."""
-        return resolve(self.strategy, self.pruner)[0] in STRATIFIED_STRATEGIES and not self.warm_start
+        return stratified_startup_fits(resolve(self.strategy, self.pruner)[0], bool(self.warm_start))
 
     @field_validator("prune_on")
     @classmethod

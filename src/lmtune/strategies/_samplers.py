@@ -7,7 +7,7 @@ from typing import Any, get_args
 import optuna
 from optuna.trial import TrialState
 
-from lmtune.config import STRATIFIED_STRATEGIES, SamplerName
+from lmtune.config import STRATIFIED_STRATEGIES, SamplerName, stratified_startup_fits
 from lmtune.errors import ConfigError
 from lmtune.space import SearchSpace
 from lmtune.strategies._lc_sampler import CurveSampler
@@ -106,7 +106,7 @@ def create_sampler(strategy: str, space: SearchSpace, seed: int | None = 0,
         raise ConfigError(f"search.warm_start needs strategy tpe or auto, not {strategy!r}")
     startup_trials = 5 if n_startup_trials is None else n_startup_trials  # B2 LCBench sweep, BENCHMARKS.md
     if startup == "lhs":
-        if strategy not in STRATIFIED_STRATEGIES or warm_start:
+        if not stratified_startup_fits(strategy, bool(warm_start)):
             raise ConfigError(f"search.startup lhs needs strategy {' or '.join(STRATIFIED_STRATEGIES)} without "
                               f"warm_start (here: {strategy!r}{', warm_start' if warm_start else ''}); "
                               "or use startup random")

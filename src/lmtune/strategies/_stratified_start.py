@@ -36,14 +36,20 @@ class StratifiedStart(WrappingSampler):
     def __init__(self, inner: optuna.samplers.BaseSampler, names: Sequence[str], n: int, seed: int | None = None):
         self.inner, self.names, self.n = inner, list(names), n
         self._points = qmc.LatinHypercube(d=max(1, len(self.names)), seed=seed).random(max(1, n))
+        self._used_up_at: int | None = None  # a trial number from which on every point is taken
 
     def _point(self, study: optuna.Study, trial: FrozenTrial) -> Sequence[float] | None:
-        """This trial's point: the k-th, k counting the earlier trials that were sampled, not enqueued."""
-        if "fixed_params" in trial.system_attrs:
+        """This trial's point: the k-th, k counting the earlier trials that were sampled, not enqueued. k only
+        grows with the trial number, so once it reaches n no later trial needs the count."""
+        if "fixed_params" in trial.system_attrs or (
+                self._used_up_at is not None and trial.number >= self._used_up_at):
             return None
         k = sum(1 for t in study.get_trials(deepcopy=False)
                 if t.number < trial.number and "fixed_params" not in t.system_attrs)
-        return self._points[k] if k < self.n else None
+        if k >= self.n:
+            self._used_up_at = trial.number
+            return None
+        return self._points[k]
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
